@@ -4,12 +4,48 @@ No ComfyUI import here: the node glue in ``nodes/`` turns node inputs into calls
 of this package and ModelPatcher options.
 """
 
+from .guidance import (
+    DEFAULT_ITERATIONS,
+    DEFAULT_LAM,
+    DEFAULT_SCALE,
+    RESCALE_MODES,
+    ASAGSettings,
+    apply_asag,
+    asag_term,
+    rescale_term,
+)
+from .layers import (
+    GRAMMAR_HELP,
+    DiTLayer,
+    LayerCatalog,
+    LayerSpecError,
+    UNetLayer,
+    auto_layers,
+    parse_layer_spec,
+    resolve_layers,
+)
 from .sinkhorn import COSTS, DEFAULT_MEMORY_BUDGET_BYTES, adversarial_attention, logit_sign, sinkhorn_plan
 
 __all__ = [
     "COSTS",
+    "DEFAULT_ITERATIONS",
+    "DEFAULT_LAM",
     "DEFAULT_MEMORY_BUDGET_BYTES",
+    "DEFAULT_SCALE",
+    "GRAMMAR_HELP",
+    "RESCALE_MODES",
+    "ASAGSettings",
+    "DiTLayer",
+    "LayerCatalog",
+    "LayerSpecError",
+    "UNetLayer",
     "adversarial_attention",
+    "apply_asag",
+    "asag_term",
+    "auto_layers",
     "logit_sign",
+    "parse_layer_spec",
+    "rescale_term",
+    "resolve_layers",
     "sinkhorn_plan",
 ]

@@ -1,0 +1,125 @@
+r"""How the adversarial prediction enters the sampler.
+
+With :math:`\hat x_c`, :math:`\hat x_u` the conditional and unconditional
+predictions, :math:`\hat x_{adv}` the conditional prediction with ASAG's plan in
+the chosen self-attention layers, CFG scale :math:`w` and ASAG scale :math:`s`:
+
+.. math::
+
+    \hat x = \hat x_u + w(\hat x_c - \hat x_u) + s(\hat x_c - \hat x_{adv})
+
+(ASAG, arXiv 2511.07499, eq. for :math:`\tilde\epsilon`; the same form as PAG).
+ComfyUI's post-CFG hooks see denoised predictions; the combination is linear,
+so it holds for :math:`\epsilon`, :math:`x_0` and velocity alike.
+
+Optional CFG-rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and
+Sample Steps are Flawed", Alg. 2) shrinks the ASAG term so that the guided
+result keeps the per-sample standard deviation of :math:`\hat x_c`:
+``full`` measures the std of the whole guided result, ``partial`` of
+:math:`\hat x_c + s(\hat x_c - \hat x_{adv})` only (the sd-perturbed-attention
+convention).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .layers import parse_layer_spec
+from .sinkhorn import COSTS
+
+RESCALE_MODES = ("full", "partial")
+
+DEFAULT_SCALE = 1.5  # the paper's best scale
+DEFAULT_ITERATIONS = 2  # the paper: two Sinkhorn iterations suffice
+DEFAULT_LAM = 1.0
+
+
+@dataclass(frozen=True)
+class ASAGSettings:
+    """Everything ASAG needs besides the model. Validated on construction, so a
+    node that builds one either gets a usable value or a ValueError naming the input."""
+
+    scale: float = DEFAULT_SCALE
+    iterations: int = DEFAULT_ITERATIONS
+    lam: float = DEFAULT_LAM
+    cost: str = "adversarial"
+    layers: str = "auto"
+    sigma_start: float = -1.0
+    sigma_end: float = -1.0
+    rescale: float = 0.0
+    rescale_mode: str = "full"
+
+    def __post_init__(self):
+        _finite("scale", self.scale, minimum=0.0)
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
+            raise ValueError(f"iterations must be an integer >= 0, got {self.iterations!r}")
+        _finite("lam", self.lam, minimum=0.0)
+        if self.cost not in COSTS:
+            raise ValueError(f"cost must be one of {', '.join(COSTS)}; got {self.cost!r}")
+        parse_layer_spec(self.layers)  # raises LayerSpecError (a ValueError) naming 'layers'
+        _finite("sigma_start", self.sigma_start)
+        _finite("sigma_end", self.sigma_end)
+        if self.sigma_start >= 0 and self.sigma_end >= 0 and self.sigma_end > self.sigma_start:
+            raise ValueError(
+                f"sigma_end ({self.sigma_end}) must not exceed sigma_start ({self.sigma_start}); "
+                "guidance runs while sigma_start >= sigma >= sigma_end (negative = unbounded)"
+            )
+        _finite("rescale", self.rescale, minimum=0.0, maximum=1.0)
+        if self.rescale_mode not in RESCALE_MODES:
+            raise ValueError(f"rescale_mode must be one of {', '.join(RESCALE_MODES)}; got {self.rescale_mode!r}")
+
+    def active_at(self, sigma: float) -> bool:
+        """Whether guidance applies at this noise level (negative bounds are open)."""
+        if self.scale == 0.0:
+            return False
+        if self.sigma_start >= 0 and sigma > self.sigma_start:
+            return False
+        if self.sigma_end >= 0 and sigma < self.sigma_end:
+            return False
+        return True
+
+
+def _finite(name, value, minimum=None, maximum=None):
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and x < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and x > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+
+
+def asag_term(cond: torch.Tensor, adversarial: torch.Tensor, scale: float) -> torch.Tensor:
+    """The guidance term s(x_c - x_adv)."""
+    return (cond - adversarial) * scale
+
+
+def rescale_term(term, cond, guided_without_term, rescale: float, mode: str = "full"):
+    """CFG-rescale of the ASAG term (Lin et al. 2023, Alg. 2), per sample.
+
+    ``guided_without_term`` is what the term is added to (the CFG result).
+    rescale 0 returns the term unchanged; 1 matches the std of ``cond`` fully.
+    """
+    if rescale == 0.0:
+        return term
+    if mode not in RESCALE_MODES:
+        raise ValueError(f"rescale_mode must be one of {', '.join(RESCALE_MODES)}; got {mode!r}")
+    guided = guided_without_term + term if mode == "full" else cond + term
+    dims = tuple(range(1, cond.ndim))
+    std_cond = cond.std(dim=dims, keepdim=True)
+    std_guided = guided.std(dim=dims, keepdim=True)
+    factor = torch.where(std_guided > 0, std_cond / std_guided, torch.ones_like(std_guided))
+    return term * (rescale * factor + (1.0 - rescale))
+
+
+def apply_asag(cfg_result, cond, adversarial, settings: ASAGSettings):
+    """cfg_result + (rescaled) s(x_c - x_adv)."""
+    term = asag_term(cond, adversarial, settings.scale)
+    term = rescale_term(term, cond, cfg_result, settings.rescale, settings.rescale_mode)
+    return cfg_result + term

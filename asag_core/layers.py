@@ -1,0 +1,227 @@
+"""The layer grammar: which self-attention layers ASAG perturbs.
+
+The grammar is the one users know from sd-perturbed-attention, extended to DiTs:
+
+U-Net (SD1.x, SD2.x, SDXL and their fine-tunes)
+    ``d<i>``, ``m<i>``, ``u<i>`` select the i-th *input* (down), *middle* or *output* (up)
+    block that contains transformer blocks, counted from 0 among those blocks only
+    (SDXL: d0-d3, m0, u0-u5). ``d2.1`` selects transformer 1 inside that block;
+    ranges ``d0-d3`` and ``u0.2-5`` and comma lists ``m0, u0.1`` combine freely.
+DiT (SD3, Flux, Chroma, AuraFlow, HunyuanDiT, Qwen-Image, Wan, HunyuanVideo, LTXV, ...)
+    ``b<i>`` is block i of the main stack (SD3's joint blocks, Wan's blocks, ...; for
+    models with two stacks it is the double/joint stack); ``double<i>`` and ``single<i>``
+    name Flux-style stacks explicitly; ranges such as ``single10-20``.
+``auto``
+    a documented default for the family, see :func:`auto_layers`.
+
+Parsing is pure; :func:`resolve_layers` checks a parsed spec against a model's
+:class:`LayerCatalog`, naming the model's valid layers when a layer is missing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+UNET_PARTS = {"d": "input", "m": "middle", "u": "output"}
+DIT_STACKS = {"b": "double", "double": "double", "single": "single"}
+
+_UNET_RE = re.compile(r"^(?P<part>[dmu])(?P<block>\d+(?:-\d+)?)(?:\.(?P<tf>\d+(?:-\d+)?))?$")
+_DIT_RE = re.compile(r"^(?P<stack>b|double|single)(?P<block>\d+(?:-\d+)?)$")
+
+GRAMMAR_HELP = (
+    "U-Net: d<i>, m<i>, u<i>, optional .<transformer> (e.g. m0, d4, u0.3, d0-d3, u0.2-5); "
+    "DiT: b<i>, double<i>, single<i> (e.g. b7, b4-b9, double5, single10-20); comma-separated, or 'auto'"
+)
+
+
+class LayerSpecError(ValueError):
+    """A ``layers`` string that does not parse or names layers the model lacks."""
+
+
+@dataclass(frozen=True)
+class UNetLayer:
+    """One self-attention layer of a U-Net: the key ComfyUI uses for attn1 patches."""
+
+    part: str  # "input" | "middle" | "output"
+    block_id: int  # ComfyUI's block number (index into input_blocks/output_blocks; 0 for middle)
+    transformer_index: int  # BasicTransformerBlock index inside the SpatialTransformer
+
+    @property
+    def patch_key(self) -> tuple:
+        return (self.part, self.block_id, self.transformer_index)
+
+
+@dataclass(frozen=True)
+class DiTLayer:
+    """One block of a DiT: the key ComfyUI uses for ``patches_replace["dit"]``."""
+
+    stack: str  # "double" | "single"
+    index: int
+
+    @property
+    def patch_key(self) -> tuple:
+        return (f"{self.stack}_block", self.index)
+
+
+@dataclass(frozen=True)
+class LayerCatalog:
+    """What a model offers. For a U-Net, ``unet[part]`` lists, in order, the
+    (block_id, transformer count) of each block holding transformers. For a DiT,
+    ``dit[stack]`` is the block count of that stack."""
+
+    family: str
+    unet: dict = field(default_factory=dict)
+    dit: dict = field(default_factory=dict)
+
+    @property
+    def is_unet(self) -> bool:
+        return bool(self.unet)
+
+    def describe(self) -> str:
+        """The valid layer names, compactly (for error messages and tooltips)."""
+        parts = []
+        if self.is_unet:
+            for letter, part in UNET_PARTS.items():
+                blocks = self.unet.get(part, [])
+                if blocks:
+                    names = [f"{letter}{i}" + (f".0-{n - 1}" if n > 1 else "") for i, (_, n) in enumerate(blocks)]
+                    parts.append(", ".join(names))
+        else:
+            for stack in ("double", "single"):
+                n = self.dit.get(stack, 0)
+                if n:
+                    prefix = "b" if stack == "double" and "single" not in self.dit else stack
+                    parts.append(f"{prefix}0-{prefix}{n - 1}" if prefix == "b" else f"{prefix}0-{n - 1}")
+        return "; ".join(parts) if parts else "(none)"
+
+
+def _range(text: str, what: str, token: str) -> range:
+    text = text.strip()
+    if "-" in text:
+        lo, hi = (int(p) for p in text.split("-"))
+        if hi < lo:
+            raise LayerSpecError(f"layers: {what} range '{token}' runs backwards ({lo} > {hi})")
+        return range(lo, hi + 1)
+    return range(int(text), int(text) + 1)
+
+
+@dataclass(frozen=True)
+class _Selector:
+    kind: str  # "unet" | "dit"
+    group: str  # unet part or dit stack
+    blocks: range
+    transformers: Optional[range] = None
+    token: str = ""
+
+
+def parse_layer_spec(spec: str) -> Optional[list]:
+    """Parse a ``layers`` string. Returns None for ``auto``; raises LayerSpecError."""
+    if not isinstance(spec, str):
+        raise LayerSpecError(f"layers must be a string, got {type(spec).__name__}")
+    text = spec.strip().lower()
+    if text == "auto":
+        return None
+    if not text:
+        raise LayerSpecError(f"layers is empty; use 'auto' or a list. {GRAMMAR_HELP}")
+    selectors = []
+    for raw in text.split(","):
+        token = raw.strip().replace(" ", "")
+        if not token:
+            raise LayerSpecError(f"layers '{spec}' has an empty item between commas. {GRAMMAR_HELP}")
+        # "d0-d3" and "b4-b9" are accepted as well as "d0-3" and "b4-9"
+        token = re.sub(r"-(?:[dmub]|double|single)(?=\d)", "-", token)
+        m = _UNET_RE.match(token)
+        if m:
+            tf = m.group("tf")
+            selectors.append(
+                _Selector(
+                    "unet",
+                    UNET_PARTS[m.group("part")],
+                    _range(m.group("block"), "block", token),
+                    _range(tf, "transformer", token) if tf is not None else None,
+                    token,
+                )
+            )
+            continue
+        m = _DIT_RE.match(token)
+        if m:
+            selectors.append(
+                _Selector("dit", DIT_STACKS[m.group("stack")], _range(m.group("block"), "block", token), None, token)
+            )
+            continue
+        raise LayerSpecError(f"layers: cannot read '{raw.strip()}'. {GRAMMAR_HELP}")
+    return selectors
+
+
+def auto_layers(catalog: LayerCatalog) -> list:
+    """The default layers of a family.
+
+    U-Nets: every transformer of the middle block (``m0``), the layer PAG's authors
+    perturb and the one ComfyUI's PerturbedAttentionGuidance uses.
+    DiTs: the middle block of the main (double/joint) stack, ``b{n // 2}``; for Flux-style
+    models that is ``double{n_double // 2}`` (Flux dev/schnell: double9).
+    """
+    if catalog.is_unet:
+        middle = catalog.unet.get("middle", [])
+        if middle:
+            block_id, n = middle[0]
+            return [UNetLayer("middle", block_id, t) for t in range(n)]
+        # U-Nets without a middle transformer: the deepest input block that has one
+        inputs = catalog.unet.get("input", [])
+        if inputs:
+            block_id, n = inputs[-1]
+            return [UNetLayer("input", block_id, t) for t in range(n)]
+        raise LayerSpecError(f"layers 'auto': the {catalog.family} model has no self-attention ASAG can reach")
+    if catalog.dit.get("double"):
+        return [DiTLayer("double", catalog.dit["double"] // 2)]
+    if catalog.dit.get("single"):
+        return [DiTLayer("single", catalog.dit["single"] // 2)]
+    raise LayerSpecError(f"layers 'auto': the {catalog.family} model has no self-attention ASAG can reach")
+
+
+def resolve_layers(spec: str, catalog: LayerCatalog) -> list:
+    """Turn a ``layers`` string into concrete UNetLayer / DiTLayer keys for this model."""
+    selectors = parse_layer_spec(spec)
+    if selectors is None:
+        return auto_layers(catalog)
+    valid = catalog.describe()
+    out = []
+    for sel in selectors:
+        if sel.kind == "unet":
+            if not catalog.is_unet:
+                raise LayerSpecError(
+                    f"layers: '{sel.token}' is a U-Net layer but the model is a {catalog.family} DiT; "
+                    f"its layers are: {valid}"
+                )
+            blocks = catalog.unet.get(sel.group, [])
+            for i in sel.blocks:
+                if i >= len(blocks):
+                    raise LayerSpecError(
+                        f"layers: '{sel.token}' is not in the {catalog.family} model; its layers are: {valid}"
+                    )
+                block_id, n = blocks[i]
+                tfs = sel.transformers if sel.transformers is not None else range(n)
+                for t in tfs:
+                    if t >= n:
+                        raise LayerSpecError(
+                            f"layers: '{sel.token}' asks for transformer {t} but that block has {n}; "
+                            f"the {catalog.family} model's layers are: {valid}"
+                        )
+                    out.append(UNetLayer(sel.group, block_id, t))
+        else:
+            if catalog.is_unet:
+                raise LayerSpecError(
+                    f"layers: '{sel.token}' is a DiT layer but the model is a {catalog.family} U-Net; "
+                    f"its layers are: {valid}"
+                )
+            n = catalog.dit.get(sel.group, 0)
+            for i in sel.blocks:
+                if i >= n:
+                    raise LayerSpecError(
+                        f"layers: '{sel.token}' is not in the {catalog.family} model; its layers are: {valid}"
+                    )
+                out.append(DiTLayer(sel.group, i))
+    # keep order, drop repeats ("m0, m0.0")
+    return list(dict.fromkeys(out))

@@ -1,0 +1,205 @@
+"""Putting the adversarial Sinkhorn attention into the chosen layers of one model call.
+
+The patches live only in the model_options of the adversarial evaluation, so the
+ordinary cond/uncond passes are untouched. Inside a batched call (ASAGGuider:
+cond, uncond and adversarial rows together) only the rows whose
+``transformer_options["cond_or_uncond"]`` index is adversarial get the Sinkhorn
+plan; the others run the attention they would have run anyway.
+
+U-Nets: ComfyUI's ``attn1`` replace patch, keyed (block, id, transformer index),
+the mechanism PAG uses. DiTs: a ``patches_replace["dit"]`` block patch that sets
+``transformer_options["optimized_attention_override"]`` for that block only; inside
+the block, attention whose keys are the queries' own tokens (Nk == Nq: self- or
+joint text+image attention) gets the plan, cross-attention to a text context is
+left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import comfy.samplers
+from comfy.ldm.modules import attention as comfy_attention
+
+from ..asag_core import ASAGSettings, DiTLayer, UNetLayer, adversarial_attention
+
+
+@dataclass(frozen=True)
+class ASAGPlan:
+    """Validated settings plus the concrete layers of one model: what a patched model carries."""
+
+    settings: ASAGSettings
+    layers: tuple
+    family: str
+
+
+def sinkhorn_attention(q, k, v, heads, settings: ASAGSettings, layer, **layout):
+    """The one place the Sinkhorn attention is called from the model (tests count calls here)."""
+    return adversarial_attention(
+        q, k, v, heads, iterations=settings.iterations, lam=settings.lam, cost=settings.cost, **layout
+    )
+
+
+def _adversarial_row_mask(transformer_options, batch, slots):
+    """Bool (batch,) of the rows that belong to adversarial conds; None means all rows."""
+    order = transformer_options.get("cond_or_uncond")
+    if not order:
+        return None
+    if batch % len(order):
+        raise RuntimeError(f"ASAG: batch {batch} does not split into the {len(order)} conds of this call")
+    per = batch // len(order)
+    flags = torch.tensor([i in slots for i in order]).repeat_interleave(per)
+    if bool(flags.all()):
+        return None
+    return flags
+
+
+def _dispatch_rows(call, row_mask, batch):
+    """``call(index, adversarial)`` on the adversarial rows and on the others, merged in order.
+
+    ``index`` is a LongTensor of batch rows, or None for all of them.
+    """
+    if row_mask is None:
+        return call(None, True)
+    if not bool(row_mask.any()):
+        return call(None, False)
+    idx_adv = row_mask.nonzero().flatten()
+    idx_plain = (~row_mask).nonzero().flatten()
+    out_adv = call(idx_adv, True)
+    out_plain = call(idx_plain, False)
+    out = out_adv.new_empty((batch,) + tuple(out_adv.shape[1:]))
+    out.index_copy_(0, idx_adv.to(out.device), out_adv)
+    out.index_copy_(0, idx_plain.to(out.device), out_plain.to(out.dtype))
+    return out
+
+
+def _take(t, index):
+    return t if index is None else t.index_select(0, index.to(t.device))
+
+
+class _Counter:
+    """Counts Sinkhorn calls of one adversarial evaluation (to catch layers that never ran)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __deepcopy__(self, memo):  # model_options get deep-copied by ModelPatcher.clone
+        return self
+
+
+def _unet_patch(layer: UNetLayer, settings, slots, counter, previous):
+    def attn1_replace(q, k, v, extra_options):
+        heads = extra_options["n_heads"]
+
+        def call(index, adversarial):
+            q_, k_, v_ = (_take(t, index) for t in (q, k, v))
+            if adversarial:
+                counter.calls += 1
+                return sinkhorn_attention(q_, k_, v_, heads, settings, layer)
+            if previous is not None:
+                return previous(q_, k_, v_, extra_options)
+            return comfy_attention.optimized_attention(
+                q_, k_, v_, heads, attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options
+            )
+
+        return _dispatch_rows(call, _adversarial_row_mask(extra_options, q.shape[0], slots), q.shape[0])
+
+    return attn1_replace
+
+
+def _dit_patch(layer: DiTLayer, settings, slots, counter, previous):
+    def override(func, *args, **kwargs):
+        options = kwargs.get("transformer_options") or {}
+        outer_override = options.get("_asag_outer_override")
+        q, k, v, heads = args[:4]
+        rest = args[4:]
+        mask = kwargs["mask"] if "mask" in kwargs else (rest[0] if rest else None)
+        skip_reshape = kwargs.get("skip_reshape", False)
+        token_dim = 2 if skip_reshape else 1
+        batch = q.shape[0]
+        per_row_mask = isinstance(mask, torch.Tensor) and mask.ndim >= 3 and mask.shape[0] == batch and batch > 1
+
+        def call(index, adversarial):
+            q_, k_, v_ = (_take(t, index) for t in (q, k, v))
+            m = _take(mask, index) if per_row_mask else mask
+            if adversarial:
+                counter.calls += 1
+                return sinkhorn_attention(
+                    q_, k_, v_, heads, settings, layer,
+                    mask=m, skip_reshape=skip_reshape, skip_output_reshape=kwargs.get("skip_output_reshape", False),
+                )
+            a, kw = (q_, k_, v_, heads) + rest, dict(kwargs)
+            if "mask" in kw:
+                kw["mask"] = m
+            elif rest:
+                a = (q_, k_, v_, heads, m) + rest[1:]
+            return outer_override(func, *a, **kw) if outer_override is not None else func(*a, **kw)
+
+        if k.shape[token_dim] != q.shape[token_dim]:
+            return call(None, False)  # cross-attention to a context: not ASAG's business
+        return _dispatch_rows(call, _adversarial_row_mask(options, batch, slots), batch)
+
+    def block_replace(args, extra):
+        to = dict(args.get("transformer_options") or {})
+        if "optimized_attention_override" in to:
+            to["_asag_outer_override"] = to["optimized_attention_override"]
+        to["optimized_attention_override"] = override
+        new_args = dict(args, transformer_options=to)
+        if previous is not None:
+            return previous(new_args, extra)
+        return extra["original_block"](new_args)
+
+    return block_replace
+
+
+def adversarial_model_options(model_options: dict, plan: ASAGPlan, slots) -> tuple:
+    """A copy of ``model_options`` with the Sinkhorn patches in ``plan.layers``, acting
+    on the rows of the conds at positions ``slots`` of the calc_cond_batch call.
+    Returns (model_options, counter)."""
+    counter = _Counter()
+    slots = frozenset(slots)
+    options = dict(model_options)
+    to = dict(options.get("transformer_options", {}))
+    replace = {name: dict(patches) for name, patches in to.get("patches_replace", {}).items()}
+    for layer in plan.layers:
+        if isinstance(layer, UNetLayer):
+            attn1 = replace.setdefault("attn1", {})
+            previous = attn1.get(layer.patch_key, attn1.get(layer.patch_key[:2]))
+            attn1[layer.patch_key] = _unet_patch(layer, plan.settings, slots, counter, previous)
+        else:
+            dit = replace.setdefault("dit", {})
+            dit[layer.patch_key] = _dit_patch(layer, plan.settings, slots, counter, dit.get(layer.patch_key))
+    to["patches_replace"] = replace
+    options["transformer_options"] = to
+    return options, counter
+
+
+def check_ran(counter: _Counter, plan: ASAGPlan):
+    if counter.calls == 0:
+        names = ", ".join(str(layer.patch_key) for layer in plan.layers)
+        raise RuntimeError(
+            f"ASAG: the Sinkhorn attention never ran in the chosen layers ({names}) of this {plan.family} model. "
+            "Its architecture does not route self-attention through ComfyUI's patch hooks; "
+            "ASAG cannot guide it. Remove the ASAG node for this model."
+        )
+
+
+def adversarial_prediction(model, cond, x, sigma, model_options, plan: ASAGPlan):
+    """The conditional prediction with the Sinkhorn plan in the chosen layers (one extra pass)."""
+    options, counter = adversarial_model_options(model_options, plan, slots=(0,))
+    (adv,) = comfy.samplers.calc_cond_batch(model, [cond], x, sigma, options)
+    check_ran(counter, plan)
+    return adv
+
+
+def copy_plan(plan: ASAGPlan, **settings_changes) -> ASAGPlan:
+    settings = plan.settings
+    if settings_changes:
+        values = {**settings.__dict__, **settings_changes}
+        settings = ASAGSettings(**values)
+    return ASAGPlan(settings, plan.layers, plan.family)
+
+
+__all__ = ["ASAGPlan", "adversarial_model_options", "adversarial_prediction", "check_ran", "copy_plan"]

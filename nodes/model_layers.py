@@ -1,0 +1,66 @@
+"""What a loaded ComfyUI model offers ASAG: its family and its self-attention layers."""
+
+from __future__ import annotations
+
+import re
+
+from ..asag_core import LayerCatalog
+
+# Attribute names of the block stacks whose loop consults patches_replace["dit"]
+# with ("double_block", i) / ("single_block", i), across ComfyUI's DiTs.
+_DOUBLE_STACKS = ("double_blocks", "double_layers", "joint_blocks", "transformer_blocks", "blocks")
+_SINGLE_STACKS = ("single_blocks", "single_layers")
+
+_UNET_BLOCK_RE = re.compile(r"^(input_blocks|middle_block|output_blocks)\.(\d+)\.\d+\.transformer_blocks\.(\d+)$")
+_UNET_PARTS = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}
+
+
+def family_name(model_patcher) -> str:
+    """A readable family for messages: the model config's class (SD15, SDXL, Flux...)."""
+    model = model_patcher.model
+    config = getattr(model, "model_config", None)
+    return type(config).__name__ if config is not None else type(model.diffusion_model).__name__
+
+
+def _unet_catalog(diffusion_model, family):
+    per_block: dict = {}
+    for name, module in diffusion_model.named_modules():
+        m = _UNET_BLOCK_RE.match(name)
+        if not m or getattr(module, "disable_self_attn", False) or not hasattr(module, "attn1"):
+            continue
+        part = _UNET_PARTS[m.group(1)]
+        # ComfyUI numbers the middle block 0 in transformer_options["block"]
+        block_id = 0 if part == "middle" else int(m.group(2))
+        per_block.setdefault(part, {}).setdefault(block_id, 0)
+        per_block[part][block_id] += 1
+    unet = {part: sorted(blocks.items()) for part, blocks in per_block.items()}
+    return LayerCatalog(family, unet=unet)
+
+
+def _stack_len(diffusion_model, names):
+    for name in names:
+        stack = getattr(diffusion_model, name, None)
+        if stack is not None and hasattr(stack, "__len__") and len(stack) > 0:
+            return len(stack)
+    return 0
+
+
+def layer_catalog(model_patcher) -> LayerCatalog:
+    """The self-attention layers of this model that ASAG can perturb.
+
+    U-Nets (ComfyUI's UNetModel) are read from their BasicTransformerBlocks;
+    DiTs from their block stacks. A model with neither gets an empty catalog,
+    which ``resolve_layers`` reports as "no self-attention ASAG can reach".
+    """
+    diffusion_model = model_patcher.model.diffusion_model
+    family = family_name(model_patcher)
+    if hasattr(diffusion_model, "input_blocks") and hasattr(diffusion_model, "output_blocks"):
+        return _unet_catalog(diffusion_model, family)
+    dit = {}
+    n_double = _stack_len(diffusion_model, _DOUBLE_STACKS)
+    n_single = _stack_len(diffusion_model, _SINGLE_STACKS)
+    if n_double:
+        dit["double"] = n_double
+    if n_single:
+        dit["single"] = n_single
+    return LayerCatalog(family, dit=dit)
