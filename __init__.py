@@ -1,9 +1,16 @@
 """comfyui-asag: Adversarial Sinkhorn Attention Guidance for ComfyUI.
 
-ComfyUI imports this package from custom_nodes/ and calls ``comfy_entrypoint``.
-The math lives in ``asag_core`` (no ComfyUI import); ``nodes`` is the glue.
+ComfyUI imports this package from custom_nodes/ and awaits ``comfy_entrypoint``.
+The math lives in ``asag_core`` (no ComfyUI import); ``nodes`` is the glue. The glue is
+imported inside the entrypoint so that importing the package itself (pytest does, for
+the directory's __init__.py) never needs ComfyUI on the path.
 """
 
-from .nodes import comfy_entrypoint
+
+async def comfy_entrypoint():
+    from .nodes import ASAGExtension
+
+    return ASAGExtension()
+
 
 __all__ = ["comfy_entrypoint"]

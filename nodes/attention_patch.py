@@ -37,6 +37,9 @@ class ASAGPlan:
 
 def sinkhorn_attention(q, k, v, heads, settings: ASAGSettings, layer, **layout):
     """The one place the Sinkhorn attention is called from the model (tests count calls here)."""
+    if not layout.get("skip_reshape", False):
+        # some callers (SD3's MMDiT) hand v over as (B, N, H, D); ComfyUI's own kernels view it flat
+        q, k, v = (t.flatten(2) if t.ndim == 4 else t for t in (q, k, v))
     return adversarial_attention(
         q, k, v, heads, iterations=settings.iterations, lam=settings.lam, cost=settings.cost, **layout
     )
@@ -109,33 +112,38 @@ def _unet_patch(layer: UNetLayer, settings, slots, counter, previous):
     return attn1_replace
 
 
+_ATTENTION_PARAMS = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
+
+
 def _dit_patch(layer: DiTLayer, settings, slots, counter, previous):
     def override(func, *args, **kwargs):
-        options = kwargs.get("transformer_options") or {}
+        # ComfyUI's attention functions share one signature; callers pass heads and mask
+        # positionally or by keyword, so bind them by name first
+        call_kwargs = dict(zip(_ATTENTION_PARAMS, args))
+        call_kwargs.update(kwargs)
+        q, k, v, heads = (call_kwargs.pop(name) for name in _ATTENTION_PARAMS[:4])
+        options = call_kwargs.get("transformer_options") or {}
         outer_override = options.get("_asag_outer_override")
-        q, k, v, heads = args[:4]
-        rest = args[4:]
-        mask = kwargs["mask"] if "mask" in kwargs else (rest[0] if rest else None)
-        skip_reshape = kwargs.get("skip_reshape", False)
+        mask = call_kwargs.get("mask")
+        skip_reshape = call_kwargs.get("skip_reshape", False)
         token_dim = 2 if skip_reshape else 1
         batch = q.shape[0]
         per_row_mask = isinstance(mask, torch.Tensor) and mask.ndim >= 3 and mask.shape[0] == batch and batch > 1
 
         def call(index, adversarial):
             q_, k_, v_ = (_take(t, index) for t in (q, k, v))
-            m = _take(mask, index) if per_row_mask else mask
+            kw = dict(call_kwargs)
+            if per_row_mask:
+                kw["mask"] = _take(mask, index)
             if adversarial:
                 counter.calls += 1
                 return sinkhorn_attention(
-                    q_, k_, v_, heads, settings, layer,
-                    mask=m, skip_reshape=skip_reshape, skip_output_reshape=kwargs.get("skip_output_reshape", False),
+                    q_, k_, v_, heads, settings, layer, mask=kw.get("mask"), skip_reshape=skip_reshape,
+                    skip_output_reshape=kw.get("skip_output_reshape", False),
                 )
-            a, kw = (q_, k_, v_, heads) + rest, dict(kwargs)
-            if "mask" in kw:
-                kw["mask"] = m
-            elif rest:
-                a = (q_, k_, v_, heads, m) + rest[1:]
-            return outer_override(func, *a, **kw) if outer_override is not None else func(*a, **kw)
+            if outer_override is not None:
+                return outer_override(func, q_, k_, v_, heads, **kw)
+            return func(q_, k_, v_, heads, **kw)
 
         if k.shape[token_dim] != q.shape[token_dim]:
             return call(None, False)  # cross-attention to a context: not ASAG's business

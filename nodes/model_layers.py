@@ -11,7 +11,10 @@ from ..asag_core import LayerCatalog
 _DOUBLE_STACKS = ("double_blocks", "double_layers", "joint_blocks", "transformer_blocks", "blocks")
 _SINGLE_STACKS = ("single_blocks", "single_layers")
 
-_UNET_BLOCK_RE = re.compile(r"^(input_blocks|middle_block|output_blocks)\.(\d+)\.\d+\.transformer_blocks\.(\d+)$")
+# input_blocks.<id>.<layer>.transformer_blocks.<t>, middle_block.<layer>.transformer_blocks.<t>
+_UNET_BLOCK_RE = re.compile(
+    r"^(?:(input_blocks|output_blocks)\.(\d+)|(middle_block))\.\d+\.transformer_blocks\.(\d+)$"
+)
 _UNET_PARTS = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}
 
 
@@ -28,7 +31,7 @@ def _unet_catalog(diffusion_model, family):
         m = _UNET_BLOCK_RE.match(name)
         if not m or getattr(module, "disable_self_attn", False) or not hasattr(module, "attn1"):
             continue
-        part = _UNET_PARTS[m.group(1)]
+        part = _UNET_PARTS[m.group(1) or m.group(3)]
         # ComfyUI numbers the middle block 0 in transformer_options["block"]
         block_id = 0 if part == "middle" else int(m.group(2))
         per_block.setdefault(part, {}).setdefault(block_id, 0)
