@@ -1,8 +1,7 @@
 """ComfyUI glue: the ASAG nodes and the extension that registers them."""
 
-from typing_extensions import override
-
 from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
 
 from .guidance_nodes import NODES
 

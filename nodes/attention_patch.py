@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 import comfy.samplers
+import torch
 from comfy.ldm.modules import attention as comfy_attention
 
 from ..asag_core import ASAGSettings, DiTLayer, UNetLayer, adversarial_attention
@@ -119,7 +118,7 @@ def _dit_patch(layer: DiTLayer, settings, slots, counter, previous):
     def override(func, *args, **kwargs):
         # ComfyUI's attention functions share one signature; callers pass heads and mask
         # positionally or by keyword, so bind them by name first
-        call_kwargs = dict(zip(_ATTENTION_PARAMS, args))
+        call_kwargs = dict(zip(_ATTENTION_PARAMS, args, strict=False))
         call_kwargs.update(kwargs)
         q, k, v, heads = (call_kwargs.pop(name) for name in _ATTENTION_PARAMS[:4])
         options = call_kwargs.get("transformer_options") or {}

@@ -95,7 +95,8 @@ class ASAG(io.ComfyNode):
                 "(also cfg 1 and distilled models such as Flux)."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model to guide (SD1.x/2.x, SDXL, SD3.x, Flux, other DiTs)."),
+                io.Model.Input("model",
+                               tooltip="The diffusion model to guide (SD1.x/2.x, SDXL, SD3.x, Flux, other DiTs)."),
                 io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.01,
                                tooltip=SCALE_TOOLTIP),
             ],
@@ -141,7 +142,8 @@ class ASAGAdvanced(io.ComfyNode):
                                tooltip="Guide only while sigma ≥ sigma_end (low-noise end). Negative = no bound."),
                 io.Float.Input("rescale", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="CFG-rescale of the ASAG term (Lin et al. 2023): 0 off, 1 keeps the "
-                                       "conditional prediction's standard deviation. Helps against burn at high scale."),
+                                       "conditional prediction's standard deviation. Helps against burn "
+                                       "at high scale."),
                 io.Combo.Input("rescale_mode", options=list(RESCALE_MODES), default="full",
                                tooltip="full: match the std of the whole guided result. partial: of "
                                        "cond + ASAG term only."),
@@ -207,7 +209,8 @@ class ASAGGuider(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model; may already be patched by ASAG or ASAGAdvanced."),
-                io.Conditioning.Input("positive", tooltip="The prompt conditioning (also drives the adversarial branch)."),
+                io.Conditioning.Input("positive",
+                                      tooltip="The prompt conditioning (also drives the adversarial branch)."),
                 io.Conditioning.Input("negative", tooltip="The negative / unconditional conditioning."),
                 io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale. 1 skips the uncond pass, as CFGGuider does."),

@@ -26,9 +26,10 @@ def _is_comfyui(path: str) -> bool:
 
 
 def find_comfyui() -> str | None:
+    parent = os.path.dirname(PACK_DIR)
     candidates = [
         os.environ.get("COMFYUI_PATH", ""),
-        os.path.dirname(os.path.dirname(PACK_DIR)) if os.path.basename(os.path.dirname(PACK_DIR)) == "custom_nodes" else "",
+        os.path.dirname(parent) if os.path.basename(parent) == "custom_nodes" else "",
         os.path.expanduser("~/comfy/ComfyUI"),
     ]
     for path in candidates:
@@ -69,6 +70,7 @@ def start_host() -> Host | None:
     comfy.cli_args.args.cpu = True
     comfy.cli_args.args.disable_all_custom_nodes = False
     import comfy.model_management  # noqa: F401  (asserts CUDA unless --cpu was set first)
+
     import nodes as comfy_nodes
 
     before = set(comfy_nodes.NODE_CLASS_MAPPINGS)

@@ -8,9 +8,8 @@ for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import pytest  # noqa: E402
-
 import comfy_host  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +35,29 @@ def sinkhorn_calls(host, monkeypatch):
 
     monkeypatch.setattr(module, "sinkhorn_attention", recording)
     return calls
+
+
+_HOST_OUTCOMES = {"passed": 0, "failed": 0, "skipped": 0}
+_HOST_SKIP_REASONS = set()
+
+
+def pytest_runtest_logreport(report):
+    if "host" not in report.keywords and "e2e" not in report.keywords:
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        if report.skipped:
+            _HOST_OUTCOMES["skipped"] += 1
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            _HOST_SKIP_REASONS.add(reason)
+        else:
+            _HOST_OUTCOMES["passed" if report.passed else "failed"] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    ran = _HOST_OUTCOMES["passed"] + _HOST_OUTCOMES["failed"]
+    terminalreporter.write_line(
+        f"host tests (real ComfyUI): {ran} ran ({_HOST_OUTCOMES['passed']} passed, "
+        f"{_HOST_OUTCOMES['failed']} failed), {_HOST_OUTCOMES['skipped']} skipped"
+    )
+    for reason in sorted(_HOST_SKIP_REASONS):
+        terminalreporter.write_line(f"  skipped because: {reason}")

@@ -26,7 +26,7 @@ def _init_weights(module, seed):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.02 * torch.randn(p.shape, generator=g))
-        for name, b in module.named_buffers():
+        for b in module.buffers():
             if b.is_floating_point() and not torch.isfinite(b).all():
                 b.zero_()
 
