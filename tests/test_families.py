@@ -10,10 +10,9 @@ equals the unguided one (so nothing but the plan separates the adversarial branc
 import sys
 
 import pytest
-import torch
-
 import sampling
 import tiny_models
+import torch
 from sampling import STEPS, ksampler
 
 pytestmark = pytest.mark.host
