@@ -7,15 +7,20 @@ cond, uncond and adversarial rows together) only the rows whose
 plan; the others run the attention they would have run anyway.
 
 U-Nets: ComfyUI's ``attn1`` replace patch, keyed (block, id, transformer index),
-the mechanism PAG uses. DiTs: a ``patches_replace["dit"]`` block patch that sets
-``transformer_options["optimized_attention_override"]`` for that block only; inside
-the block, attention whose keys are the queries' own tokens (Nk == Nq: self- or
-joint text+image attention) gets the plan, cross-attention to a text context is
-left alone.
+the mechanism PAG uses. DiTs: ``transformer_options["optimized_attention_override"]``
+(the hook every ComfyUI DiT routes its attention through) plus a marker on the chosen
+block modules, set by forward hooks that exist only for the duration of the adversarial
+call. Attention inside a marked block whose keys are the queries' own tokens
+(Nk == Nq: self- or joint text+image attention) gets the plan; cross-attention to a
+text context is left alone. Marking modules rather than relying on each model's
+``patches_replace["dit"]`` loop reaches DiTs that have no such loop (Lumina 2,
+Cosmos, HiDream) by the same mechanism.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 
 import comfy.samplers
@@ -23,6 +28,10 @@ import torch
 from comfy.ldm.modules import attention as comfy_attention
 
 from ..asag_core import ASAGSettings, DiTLayer, UNetLayer, adversarial_attention
+from .model_layers import dit_block
+
+# The DiT layer whose forward is running during an adversarial call (None outside marked blocks).
+_CURRENT_DIT_LAYER = contextvars.ContextVar("asag_current_dit_layer", default=None)
 
 
 @dataclass(frozen=True)
@@ -114,15 +123,14 @@ def _unet_patch(layer: UNetLayer, settings, slots, counter, previous):
 _ATTENTION_PARAMS = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
 
 
-def _dit_patch(layer: DiTLayer, settings, slots, counter, previous):
+def _dit_override(settings, slots, counter, chosen, outer_override):
     def override(func, *args, **kwargs):
         # ComfyUI's attention functions share one signature; callers pass heads and mask
         # positionally or by keyword, so bind them by name first
         call_kwargs = dict(zip(_ATTENTION_PARAMS, args, strict=False))
         call_kwargs.update(kwargs)
         q, k, v, heads = (call_kwargs.pop(name) for name in _ATTENTION_PARAMS[:4])
-        options = call_kwargs.get("transformer_options") or {}
-        outer_override = options.get("_asag_outer_override")
+        layer = _CURRENT_DIT_LAYER.get()
         mask = call_kwargs.get("mask")
         skip_reshape = call_kwargs.get("skip_reshape", False)
         token_dim = 2 if skip_reshape else 1
@@ -144,43 +152,75 @@ def _dit_patch(layer: DiTLayer, settings, slots, counter, previous):
                 return outer_override(func, q_, k_, v_, heads, **kw)
             return func(q_, k_, v_, heads, **kw)
 
-        if k.shape[token_dim] != q.shape[token_dim]:
-            return call(None, False)  # cross-attention to a context: not ASAG's business
+        if layer not in chosen or k.shape[token_dim] != q.shape[token_dim]:
+            return call(None, False)  # outside the chosen blocks, or cross-attention to a context
+        options = call_kwargs.get("transformer_options") or {}
         return _dispatch_rows(call, _adversarial_row_mask(options, batch, slots), batch)
 
-    def block_replace(args, extra):
-        to = dict(args.get("transformer_options") or {})
-        if "optimized_attention_override" in to:
-            to["_asag_outer_override"] = to["optimized_attention_override"]
-        to["optimized_attention_override"] = override
-        new_args = dict(args, transformer_options=to)
-        if previous is not None:
-            return previous(new_args, extra)
-        return extra["original_block"](new_args)
-
-    return block_replace
+    return override
 
 
-def adversarial_model_options(model_options: dict, plan: ASAGPlan, slots) -> tuple:
-    """A copy of ``model_options`` with the Sinkhorn patches in ``plan.layers``, acting
-    on the rows of the conds at positions ``slots`` of the calc_cond_batch call.
-    Returns (model_options, counter)."""
-    counter = _Counter()
+@contextlib.contextmanager
+def _marked_dit_blocks(diffusion_model, layers):
+    """Mark the chosen DiT blocks while they run, for the duration of one model call only."""
+    handles = []
+    tokens = []
+
+    def enter(layer):
+        def pre_hook(module, args):
+            tokens.append(_CURRENT_DIT_LAYER.set(layer))
+
+        return pre_hook
+
+    def leave(module, args, output):
+        _CURRENT_DIT_LAYER.reset(tokens.pop())
+
+    try:
+        for layer in layers:
+            block = dit_block(diffusion_model, layer.stack, layer.index)
+            handles.append(block.register_forward_pre_hook(enter(layer)))
+            handles.append(block.register_forward_hook(leave))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        while tokens:  # a block that raised (e.g. an interrupt) never reached its forward hook
+            _CURRENT_DIT_LAYER.reset(tokens.pop())
+
+
+def _adversarial_model_options(model_options: dict, plan: ASAGPlan, slots, counter) -> dict:
+    """A copy of ``model_options`` with the Sinkhorn attention in ``plan.layers``, acting on
+    the rows of the conds at positions ``slots`` of the calc_cond_batch call."""
     slots = frozenset(slots)
     options = dict(model_options)
     to = dict(options.get("transformer_options", {}))
-    replace = {name: dict(patches) for name, patches in to.get("patches_replace", {}).items()}
-    for layer in plan.layers:
-        if isinstance(layer, UNetLayer):
-            attn1 = replace.setdefault("attn1", {})
+    unet_layers = [layer for layer in plan.layers if isinstance(layer, UNetLayer)]
+    dit_layers = frozenset(layer for layer in plan.layers if isinstance(layer, DiTLayer))
+    if unet_layers:
+        replace = {name: dict(patches) for name, patches in to.get("patches_replace", {}).items()}
+        attn1 = replace.setdefault("attn1", {})
+        for layer in unet_layers:
             previous = attn1.get(layer.patch_key, attn1.get(layer.patch_key[:2]))
             attn1[layer.patch_key] = _unet_patch(layer, plan.settings, slots, counter, previous)
-        else:
-            dit = replace.setdefault("dit", {})
-            dit[layer.patch_key] = _dit_patch(layer, plan.settings, slots, counter, dit.get(layer.patch_key))
-    to["patches_replace"] = replace
+        to["patches_replace"] = replace
+    if dit_layers:
+        to["optimized_attention_override"] = _dit_override(
+            plan.settings, slots, counter, dit_layers, to.get("optimized_attention_override")
+        )
     options["transformer_options"] = to
-    return options, counter
+    return options
+
+
+@contextlib.contextmanager
+def adversarial_call(model, model_options: dict, plan: ASAGPlan, slots):
+    """Model options for one calc_cond_batch call in which the conds at positions ``slots``
+    are adversarial. Afterwards, checks that the Sinkhorn attention really ran."""
+    counter = _Counter()
+    options = _adversarial_model_options(model_options, plan, slots, counter)
+    dit_layers = [layer for layer in plan.layers if isinstance(layer, DiTLayer)]
+    with _marked_dit_blocks(model.diffusion_model, dit_layers):
+        yield options
+    check_ran(counter, plan)
 
 
 def check_ran(counter: _Counter, plan: ASAGPlan):
@@ -188,16 +228,15 @@ def check_ran(counter: _Counter, plan: ASAGPlan):
         names = ", ".join(str(layer.patch_key) for layer in plan.layers)
         raise RuntimeError(
             f"ASAG: the Sinkhorn attention never ran in the chosen layers ({names}) of this {plan.family} model. "
-            "Its architecture does not route self-attention through ComfyUI's patch hooks; "
-            "ASAG cannot guide it. Remove the ASAG node for this model."
+            "Its architecture does not route self-attention through ComfyUI's optimized_attention with "
+            "transformer_options; ASAG cannot guide it. Remove the ASAG node for this model."
         )
 
 
 def adversarial_prediction(model, cond, x, sigma, model_options, plan: ASAGPlan):
     """The conditional prediction with the Sinkhorn plan in the chosen layers (one extra pass)."""
-    options, counter = adversarial_model_options(model_options, plan, slots=(0,))
-    (adv,) = comfy.samplers.calc_cond_batch(model, [cond], x, sigma, options)
-    check_ran(counter, plan)
+    with adversarial_call(model, model_options, plan, slots=(0,)) as options:
+        (adv,) = comfy.samplers.calc_cond_batch(model, [cond], x, sigma, options)
     return adv
 
 
@@ -209,4 +248,4 @@ def copy_plan(plan: ASAGPlan, **settings_changes) -> ASAGPlan:
     return ASAGPlan(settings, plan.layers, plan.family)
 
 
-__all__ = ["ASAGPlan", "adversarial_model_options", "adversarial_prediction", "check_ran", "copy_plan"]
+__all__ = ["ASAGPlan", "adversarial_call", "adversarial_prediction", "copy_plan"]

@@ -16,7 +16,7 @@ from ..asag_core import (
     apply_asag,
     resolve_layers,
 )
-from .attention_patch import ASAGPlan, adversarial_model_options, adversarial_prediction, check_ran, copy_plan
+from .attention_patch import ASAGPlan, adversarial_call, adversarial_prediction, copy_plan
 from .model_layers import family_name, layer_catalog
 
 CATEGORY = "model_patches/asag"
@@ -179,11 +179,10 @@ class ASAGCFGGuider(comfy.samplers.CFGGuider):
             )
         skip_uncond = abs(self.cfg - 1.0) < 1e-9 and not options.get("disable_cfg1_optimization", False)
         uncond = None if skip_uncond else negative
-        adv_options, counter = adversarial_model_options(options, self.plan, slots=(2,))
-        cond_pred, uncond_pred, adv_pred = comfy.samplers.calc_cond_batch(
-            self.inner_model, [positive, uncond, positive], x, timestep, adv_options
-        )
-        check_ran(counter, self.plan)
+        with adversarial_call(self.inner_model, options, self.plan, slots=(2,)) as adv_options:
+            cond_pred, uncond_pred, adv_pred = comfy.samplers.calc_cond_batch(
+                self.inner_model, [positive, uncond, positive], x, timestep, adv_options
+            )
         out = [cond_pred, uncond_pred]
         for fn in options.get("sampler_pre_cfg_function", []):
             out = fn({"conds": [positive, uncond], "conds_out": out, "cond_scale": self.cfg, "timestep": timestep,

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 from ..asag_core import LayerCatalog
 
-# Attribute names of the block stacks whose loop consults patches_replace["dit"]
-# with ("double_block", i) / ("single_block", i), across ComfyUI's DiTs.
-_DOUBLE_STACKS = ("double_blocks", "double_layers", "joint_blocks", "transformer_blocks", "blocks")
-_SINGLE_STACKS = ("single_blocks", "single_layers")
+# Attribute names of the block stacks of ComfyUI's DiTs: the main (double/joint) stack
+# first, then Flux-style single stacks. Numbering matches patches_replace["dit"] keys
+# ("double_block", i) / ("single_block", i) where a model has them.
+_DOUBLE_STACKS = (
+    "double_blocks", "double_layers", "joint_blocks", "double_stream_blocks", "transformer_blocks", "blocks", "layers"
+)
+_SINGLE_STACKS = ("single_blocks", "single_layers", "single_stream_blocks")
 
 # input_blocks.<id>.<layer>.transformer_blocks.<t>, middle_block.<layer>.transformer_blocks.<t>
 _UNET_BLOCK_RE = re.compile(
@@ -40,12 +45,22 @@ def _unet_catalog(diffusion_model, family):
     return LayerCatalog(family, unet=unet)
 
 
-def _stack_len(diffusion_model, names):
+def _stack(diffusion_model, names):
     for name in names:
         stack = getattr(diffusion_model, name, None)
-        if stack is not None and hasattr(stack, "__len__") and len(stack) > 0:
-            return len(stack)
-    return 0
+        if isinstance(stack, torch.nn.ModuleList) and len(stack) > 0:
+            return stack
+    return None
+
+
+def _stack_len(diffusion_model, names):
+    stack = _stack(diffusion_model, names)
+    return 0 if stack is None else len(stack)
+
+
+def dit_block(diffusion_model, stack: str, index: int):
+    """The module of DiT block ``index`` of ``stack`` ("double" | "single")."""
+    return _stack(diffusion_model, _DOUBLE_STACKS if stack == "double" else _SINGLE_STACKS)[index]
 
 
 def layer_catalog(model_patcher) -> LayerCatalog:
