@@ -57,12 +57,21 @@ cast back to the input dtype.
 Memory
 ------
 The dense path holds :math:`B \cdot H \cdot N_q \cdot N_k` logits. Above
-``memory_budget_bytes`` (or when ``chunk_size`` is given) the potentials are
-found with log-sum-exp passes over blocks of query rows, and the output comes
-from :func:`torch.nn.functional.scaled_dot_product_attention` with the column
-potentials :math:`g` as an additive key bias: ``softmax_j(L_ij + g_j) @ V``
-is exactly attention with logits ``L`` and bias ``g``. No full
-:math:`N_q \times N_k` matrix of a head is ever materialised on that path.
+``memory_budget_bytes`` (or when ``chunk_size`` is given) the memory-bounded
+path runs instead; the output is attention with the column potentials
+:math:`g` as an additive key bias: ``softmax_j(L_ij + g_j) @ V`` is exactly
+attention with logits ``L`` and bias ``g``. No full :math:`N_q \times N_k`
+matrix of a head is ever materialised on that path:
+
+- on CPU (float32/float64, value dim = head dim) every half-step is one call of
+  PyTorch's fused flash-attention kernel, which returns the row log-sum-exp
+  besides the output: the row update is the lse of ``L + g``, the column update
+  the lse of the transposed problem (keys as queries, ``L^T + f``). That is
+  ``2 * iterations + 1`` kernel calls, each costing about one SDPA call, in
+  O(N) extra memory (a mask is added to the bias ``chunk_size`` rows at a time);
+- elsewhere the potentials come from matmul/log-sum-exp passes over blocks of
+  query rows, and the output from
+  :func:`torch.nn.functional.scaled_dot_product_attention` block by block.
 
 References
 ----------
@@ -142,7 +151,10 @@ def _mask_bias(mask, shape, device) -> Optional[torch.Tensor]:
         return None
     if not isinstance(mask, torch.Tensor):
         raise ValueError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-    # the conventions of ComfyUI's attention functions: (Nq, Nk), (B, Nq, Nk), (B, H, Nq, Nk)
+    # the conventions of ComfyUI's attention functions: (Nq, Nk), (B, Nq, Nk), (B, H, Nq, Nk);
+    # like attention_pytorch, a 3-D mask gets its heads axis at dim 1, not dim 0
+    if mask.ndim == 3:
+        mask = mask.unsqueeze(1)
     while mask.ndim < 4:
         mask = mask.unsqueeze(0)
     if mask.ndim > 4:
@@ -209,7 +221,8 @@ def sinkhorn_plan(q, k, *, iterations=2, lam=1.0, cost="adversarial", mask=None)
             0 gives the uniform plan.
         cost: ``"adversarial"`` (ASAG), ``"similarity"`` (control) or ``"uniform"``.
         mask: optional bool (True = attend) or additive float mask broadcastable
-            to (B, H, Nq, Nk); 2-D and 3-D masks get leading dims added.
+            to (B, H, Nq, Nk); as in ComfyUI, a 2-D mask is (Nq, Nk) and a 3-D
+            mask is (B, Nq, Nk) (shared by all heads).
 
     Returns:
         float32 plan (B, H, Nq, Nk); each row sums to 1 (fully masked rows are 0).
@@ -246,13 +259,21 @@ def _auto_chunk_rows(bh: int, nk: int, budget: int) -> int:
     return max(1, budget // per_row)
 
 
+def _token_expanded(bias, nq, nk):
+    """``bias`` viewed with full token axes (B|1, H|1, Nq, Nk), so row and column slices work."""
+    return None if bias is None else bias.expand(bias.shape[0], bias.shape[1], nq, nk)
+
+
 def _chunked_potential(q, k, scale_sign, lam, bias, iterations, chunk_rows):
-    """Column potentials g, (B, H, 1, Nk), from log-sum-exp passes over query blocks."""
+    """Column potentials g, (B, H, 1, Nk), from log-sum-exp passes over query blocks.
+
+    Portable path (any device): one matmul per block and iteration, rows then columns.
+    """
     b, h, nq, _ = q.shape
     nk = k.shape[2]
     log_ratio = math.log(nq / nk)
     g = q.new_zeros((b, h, 1, nk))
-    full_bias = None if bias is None else bias.expand(b, h, nq, nk)
+    full_bias = _token_expanded(bias, nq, nk)
     for _ in range(iterations):
         col_lse = q.new_full((b, h, 1, nk), float("-inf"))
         for start in range(0, nq, chunk_rows):
@@ -267,12 +288,90 @@ def _chunked_potential(q, k, scale_sign, lam, bias, iterations, chunk_rows):
     return g
 
 
-def _row_has_key(bias, shape) -> Optional[torch.Tensor]:
-    """(B, H|1, Nq, 1) bool: rows with at least one admissible key; None if all rows have one."""
+# PyTorch's fused CPU flash-attention kernel. Besides the output it returns the
+# row log-sum-exp of the (biased) logits, so one call is one Sinkhorn half-step
+# in O(N) extra memory, at the speed of one SDPA call.
+try:
+    _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+except (AttributeError, RuntimeError):  # pragma: no cover - older PyTorch
+    _FLASH_CPU = None
+
+
+def _flash_cpu_usable(q, v) -> bool:
+    return (
+        _FLASH_CPU is not None
+        and q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and v.shape[-1] == q.shape[-1]
+    )
+
+
+def _flash_rows(a, b, value, bias, potential, rows, want_lse):
+    """Fused attention of queries ``a`` over keys ``b`` with logits
+    ``a.b/sqrt(D) + bias + potential`` (potential: (B, H, 1, Nb), or None for 0).
+
+    Returns ``(output, lse)``: output (B, H, Na, Dv) (None unless ``value`` is
+    given) and the row log-sum-exp (B, H, Na, 1) (None unless ``want_lse``).
+    Without a bias the potential goes in as a broadcast view; with one, the
+    biased mask is built for ``rows`` rows of ``a`` at a time.
+    """
+    bb, hh, na, _ = a.shape
+    nb = b.shape[2]
+    v = b if value is None else value  # the kernel needs a value; unused when only the lse is wanted
+    out = None if value is None else a.new_empty((bb, hh, na, v.shape[-1]))
+    lse = a.new_empty((bb, hh, na, 1)) if want_lse else None
+    step = na if bias is None else rows
+    for start in range(0, na, step):
+        stop = min(na, start + step)
+        if bias is None:
+            mask = None if potential is None else potential.expand(bb, hh, stop - start, nb)
+        else:
+            block = bias[:, :, start:stop]
+            mask = (block if potential is None else block + potential).expand(bb, hh, stop - start, nb)
+        o, row_lse = _FLASH_CPU(a[:, :, start:stop], b, v, attn_mask=mask)
+        if out is not None:
+            out[:, :, start:stop] = o
+        if lse is not None:
+            lse[:, :, start:stop] = row_lse.unsqueeze(-1)
+    return out, lse
+
+
+def _flash_potential(qs, k, bias, iterations, rows, row_ok, col_ok):
+    """Column potentials g, (B, H, 1, Nk), with two fused kernel calls per iteration.
+
+    ``qs`` carries the sign and lam of the logits; ``bias`` has full token axes.
+    The row update is a row lse of L + g; the column update is the row lse of the
+    transposed problem (keys as queries, L^T + f). Rows/columns without any
+    admissible entry get potential 0, as on the dense path.
+    """
+    b, h, nq, _ = qs.shape
+    nk = k.shape[2]
+    log_ratio = math.log(nq / nk)
+    bias_t = None if bias is None else bias.transpose(-1, -2)
+    g = None  # identically zero
+    for _ in range(iterations):
+        _, lse = _flash_rows(qs, k, None, bias, g, rows, True)
+        f = _finite_or_zero(-lse)
+        if row_ok is not None:
+            f = torch.where(row_ok, f, torch.zeros_like(f))
+        _, lse = _flash_rows(k, qs, None, bias_t, f.transpose(-1, -2), rows, True)
+        g = _finite_or_zero(-lse + log_ratio).transpose(-1, -2)
+        if col_ok is not None:
+            g = torch.where(col_ok, g, torch.zeros_like(g))
+    return g
+
+
+def _admissible(bias, dim) -> Optional[torch.Tensor]:
+    """bool, reduced over ``dim`` (keepdim): lines with at least one admissible entry; None if all have one."""
     if bias is None:
         return None
-    admissible = (bias > float("-inf")).any(dim=-1, keepdim=True)
+    admissible = (bias > float("-inf")).any(dim=dim, keepdim=True)
     return None if bool(admissible.all()) else admissible
+
+
+def _row_has_key(bias, shape) -> Optional[torch.Tensor]:
+    """(B, H|1, Nq, 1) bool: rows with at least one admissible key; None if all rows have one."""
+    return _admissible(bias, -1)
 
 
 def adversarial_attention(
@@ -333,13 +432,27 @@ def adversarial_attention(
             g = _dense_potential(logits, iterations)
             out = torch.matmul(_row_softmax_zero_safe(logits + g), vh)
         else:
-            rows = chunk_size or _auto_chunk_rows(b * h, nk, memory_budget_bytes)
-            g = _chunked_potential(qh, kh, sign, lam, bias, iterations, rows)
-            attn_bias = g if bias is None else g + bias
             # SDPA applies its own 1/sqrt(D) scale to q.k; fold the sign and lam into q
-            q_scaled = qh * (sign * float(lam)) if sign != 0.0 else qh * 0.0
-            out = F.scaled_dot_product_attention(q_scaled, kh, vh, attn_mask=attn_bias.expand(shape).to(work))
-            has_key = _row_has_key(bias, shape)
+            q_scaled = qh * (sign * float(lam))
+            # on the mask as given (before expanding its token axes): (.., Nq|1, 1) and (.., 1, Nk|1)
+            has_key, col_has_query = _row_has_key(bias, shape), _admissible(bias, -2)
+            if bias is not None:
+                bias = _token_expanded(bias.to(work), nq, nk)
+            if _flash_cpu_usable(qh, vh):
+                rows = chunk_size or _auto_chunk_rows(b * h, max(nq, nk), memory_budget_bytes)
+                g = _flash_potential(q_scaled, kh, bias, iterations, rows, has_key, col_has_query)
+                out, _ = _flash_rows(q_scaled, kh, vh, bias, g, rows, False)
+            else:
+                rows = chunk_size or _auto_chunk_rows(b * h, nk, memory_budget_bytes)
+                g = _chunked_potential(qh, kh, sign, lam, bias, iterations, rows)
+                out = qh.new_empty((b, h, nq, vh.shape[-1]))
+                for start in range(0, nq, rows):
+                    stop = min(nq, start + rows)
+                    # the biased mask of one block of rows at a time: never a full (Nq, Nk) tensor
+                    block = g if bias is None else bias[:, :, start:stop] + g
+                    out[:, :, start:stop] = F.scaled_dot_product_attention(
+                        q_scaled[:, :, start:stop], kh, vh, attn_mask=block.expand(b, h, stop - start, nk)
+                    )
             if has_key is not None:
                 out = torch.where(has_key, out, torch.zeros_like(out))
 
