@@ -93,9 +93,13 @@ UNET_CONFIG = {
     "channel_mult": [1, 2, 2],
     "num_res_blocks": [1, 1, 1],  # one ResBlock per level (SD has 2) to keep CPU training short
     # One SpatialTransformer (depth 1: attn1 self-attention, attn2 cross-attention, ff)
-    # after each ResBlock at 8x8 and 4x4, none at 16x16 -- like SD1.5's [1,1,1,1,1,1,0,0]
-    # which skips the lowest resolution level.  transformer_depth is consumed from the
+    # after each ResBlock at 8x8 and 4x4 and in the middle block, none at 16x16 (SD1.5
+    # instead leaves out its lowest resolution).  transformer_depth is consumed from the
     # front per input ResBlock; transformer_depth_output from the back per output ResBlock.
+    # That gives 7 attn1 layers, by ComfyUI's transformer_options["block"]:
+    #   ("input", 3) 8x8 = 64 tokens, ("input", 5) 4x4 = 16, ("middle", 0) 16,
+    #   ("output", 0) 16, ("output", 1) 16, ("output", 2) 64, ("output", 3) 64;
+    # 64 channels each, 4 heads of 16.
     "transformer_depth": [0, 1, 1],
     "transformer_depth_output": [0, 0, 1, 1, 1, 1],
     "transformer_depth_middle": 1,  # middle block: ResBlock, SpatialTransformer, ResBlock
