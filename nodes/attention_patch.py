@@ -90,6 +90,22 @@ def _take(t, index):
     return t if index is None else t.index_select(0, index.to(t.device))
 
 
+def _plain_row_options(options, slots):
+    """``options`` for the non-adversarial rows of a split batch: the per-cond lists
+    (cond_or_uncond, uuids) cut to the conds those rows belong to, so that a chained patch
+    which splits its batch by them (SAG, IP-Adapter...) sees lists that match its rows."""
+    order = options.get("cond_or_uncond")
+    if not order:
+        return options
+    keep = [i for i, c in enumerate(order) if c not in slots]
+    out = dict(options)
+    out["cond_or_uncond"] = [order[i] for i in keep]
+    uuids = options.get("uuids")
+    if uuids is not None and len(uuids) == len(order):
+        out["uuids"] = [uuids[i] for i in keep]
+    return out
+
+
 class _Counter:
     """Counts Sinkhorn calls of one adversarial evaluation (to catch layers that never ran)."""
 
@@ -109,10 +125,11 @@ def _unet_patch(layer: UNetLayer, settings, slots, counter, previous):
             if adversarial:
                 counter.calls += 1
                 return sinkhorn_attention(q_, k_, v_, heads, settings, layer)
+            options = extra_options if index is None else _plain_row_options(extra_options, slots)
             if previous is not None:
-                return previous(q_, k_, v_, extra_options)
+                return previous(q_, k_, v_, options)
             return comfy_attention.optimized_attention(
-                q_, k_, v_, heads, attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options
+                q_, k_, v_, heads, attn_precision=extra_options.get("attn_precision"), transformer_options=options
             )
 
         return _dispatch_rows(call, _adversarial_row_mask(extra_options, q.shape[0], slots), q.shape[0])
@@ -142,6 +159,8 @@ def _dit_override(settings, slots, counter, chosen, outer_override):
             kw = dict(call_kwargs)
             if per_row_mask:
                 kw["mask"] = _take(mask, index)
+            if index is not None and not adversarial and kw.get("transformer_options"):
+                kw["transformer_options"] = _plain_row_options(kw["transformer_options"], slots)
             if adversarial:
                 counter.calls += 1
                 return sinkhorn_attention(
