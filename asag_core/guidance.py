@@ -83,12 +83,14 @@ class ASAGSettings:
 
 
 def _finite(name, value, minimum=None, maximum=None):
+    limits = [f"{op} {bound}" for op, bound in ((">=", minimum), ("<=", maximum)) if bound is not None]
+    bounds = " " + " and ".join(limits) if limits else ""
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
+        raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}") from None
     if not math.isfinite(x):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}")
     if minimum is not None and x < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     if maximum is not None and x > maximum:

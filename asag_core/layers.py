@@ -186,6 +186,9 @@ def resolve_layers(spec: str, catalog: LayerCatalog) -> list:
     selectors = parse_layer_spec(spec)
     if selectors is None:
         return auto_layers(catalog)
+    if not catalog.unet and not catalog.dit:
+        # an empty U-Net catalog would otherwise read as a DiT in the messages below
+        raise LayerSpecError(f"layers '{spec}': the {catalog.family} model has no self-attention ASAG can reach")
     valid = catalog.describe()
     out = []
     for sel in selectors:
