@@ -159,6 +159,47 @@ def flux(seed=0, dtype=torch.float32):
     return _patcher(comfy.supported_models.Flux(cfg), seed=seed, dtype=dtype)
 
 
+def _sd15_config(**overrides):
+    return _unet_config(use_linear_in_transformer=False, num_head_channels=-1, num_heads=2, **overrides)
+
+
+def sd15_inpaint(seed=0, dtype=torch.float32):
+    """An SD1.x inpainting U-Net: 9 input channels (latent + mask + masked image); ComfyUI's
+    SD15 config sees in_channels > 4 and turns on its inpaint conditioning."""
+    import comfy.supported_models
+
+    return _patcher(comfy.supported_models.SD15(_sd15_config(in_channels=9)), seed=seed, dtype=dtype)
+
+
+def sd15_without_attention(seed=0, dtype=torch.float32):
+    """An SD1.x-shaped U-Net with no transformer anywhere (transformer_depth 0, no middle
+    transformer): a model with no self-attention for ASAG to reach."""
+    import comfy.supported_models
+
+    cfg = _sd15_config(transformer_depth=[0, 0], transformer_depth_middle=-1, transformer_depth_output=[0, 0, 0, 0])
+    return _patcher(comfy.supported_models.SD15(cfg), seed=seed, dtype=dtype)
+
+
+def sd15_controlnet(model_patcher, seed=1):
+    """A ControlNet for a tiny SD1.x model, built as ComfyUI's loader builds one
+    (comfy.cldm.cldm.ControlNet from the U-Net's config, wrapped in comfy.controlnet.ControlNet),
+    with random weights (its zero convolutions are not zero, so the control has an effect)."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.ops
+
+    config = dict(model_patcher.model.model_config.unet_config)
+    for key in ("out_channels", "dtype", "device", "operations"):
+        config.pop(key, None)
+    dtype = model_patcher.model.get_dtype()
+    cpu = torch.device("cpu")
+    control_model = comfy.cldm.cldm.ControlNet(
+        hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=dtype, device=cpu, **config
+    )
+    _init_weights(control_model, seed)
+    return comfy.controlnet.ControlNet(control_model, load_device=cpu)
+
+
 FAMILIES = {
     "sd15": sd15,
     "sd20": sd20,
