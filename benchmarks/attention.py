@@ -7,7 +7,8 @@ Run from the repository root::
     python -m benchmarks.attention --cases 4608x24x128,1024x8x64
     python benchmarks/attention.py --methods sdpa,chunked,portable
 
-Cases are N x H x D (Nq = Nk = N, batch 1, float32, ``iterations=2``,
+Cases are N x H x D (Nq = Nk = N, batch 1, float32, ``iterations=2`` unless
+``--iterations`` says otherwise,
 ``lam=1``, cost "adversarial", inputs ``torch.randn``, layout (B, H, N, D)
 with ``skip_reshape``/``skip_output_reshape`` so no method pays for a reshape).
 
@@ -44,9 +45,13 @@ the subprocess:
    ``ru_maxrss - baseline`` (``resource.getrusage``), which is the same number
    provided nothing before the baseline peaked higher (true here: the inputs
    are allocated once and never copied);
-4. the method runs ``--repeats`` more times; **time** is the median of these
-   warm runs (``time.perf_counter``), with fewer repeats once a case exceeds
-   ``--max-seconds`` (at least one).
+4. the method runs ``--repeats`` more times, each run paired with a plain
+   SDPA call on the same inputs in the same process (alternating which goes
+   first); **time** is the median of the method's warm runs
+   (``time.perf_counter``) and **x SDPA** the median of the per-pair ratios, so
+   a load change on a shared machine hits both sides of a ratio alike. Once a
+   measurement has taken ``--max-seconds`` it stops repeating (at least one
+   pair).
 
 CPU timings depend on the machine and on anything else running on it; the
 JSON line records the thread count and the load average before and after.
@@ -116,13 +121,13 @@ def _reset_peak() -> bool:
         return False
 
 
-def _make_call(method, q, k, v, heads):
+def _make_call(method, q, k, v, heads, iterations=ITERATIONS):
     import torch.nn.functional as F
 
     import asag_core.sinkhorn as sk
 
     n = q.shape[2]
-    kw = dict(iterations=ITERATIONS, lam=1.0, cost="adversarial", skip_reshape=True, skip_output_reshape=True)
+    kw = dict(iterations=iterations, lam=1.0, cost="adversarial", skip_reshape=True, skip_output_reshape=True)
     if method == "sdpa":
         return lambda: F.scaled_dot_product_attention(q, k, v)
     if method == "dense":
@@ -135,7 +140,7 @@ def _make_call(method, q, k, v, heads):
     raise ValueError(f"unknown method {method!r}")
 
 
-def _child(n, h, d, method, repeats, max_seconds) -> dict:
+def _child(n, h, d, method, repeats, max_seconds, iterations) -> dict:
     import torch
 
     sys.path.insert(0, ROOT)
@@ -144,11 +149,13 @@ def _child(n, h, d, method, repeats, max_seconds) -> dict:
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, h, n, d, generator=g) for _ in range(3))
     tiny = [t[:, :, :16].contiguous() for t in (q, k, v)]
-    _make_call(method, *tiny, h)()  # warm-up on a tiny input
+    _make_call(method, *tiny, h, iterations)()  # warm-up on a tiny input
+    _make_call("sdpa", *tiny, h)()
 
     dense_bytes = h * n * n * 4
     auto = "dense" if dense_bytes <= sk.DEFAULT_MEMORY_BUDGET_BYTES else "chunked"
-    call = _make_call(method, q, k, v, h)
+    call = _make_call(method, q, k, v, h, iterations)
+    sdpa = _make_call("sdpa", q, k, v, h)
 
     exact = _reset_peak()
     base = _rss_bytes()
@@ -165,23 +172,38 @@ def _child(n, h, d, method, repeats, max_seconds) -> dict:
     assert out.shape == (1, h, n, d) and bool(torch.isfinite(out).all())
     del out
 
-    times = []
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    times, sdpa_times = [], []
     spent = first
-    for _ in range(repeats):
+    for i in range(repeats):
         if times and spent > max_seconds:
             break
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-        spent += times[-1]
+        if method == "sdpa":
+            times.append(timed(call))
+            sdpa_times.append(times[-1])
+        elif i % 2 == 0:
+            sdpa_times.append(timed(sdpa))
+            times.append(timed(call))
+        else:
+            times.append(timed(call))
+            sdpa_times.append(timed(sdpa))
+        spent += times[-1] + (sdpa_times[-1] if method != "sdpa" else 0.0)
+    ratios = [t / s for t, s in zip(times, sdpa_times, strict=True)]
     return {
         "N": n,
         "H": h,
         "D": d,
         "method": method,
+        "iterations": iterations,
         "time_s": statistics.median(times),
         "times_s": times,
         "first_s": first,
+        "paired_sdpa_times_s": sdpa_times,
+        "over_sdpa_time": statistics.median(ratios),
         "peak_extra_bytes": int(peak),
         "memory_method": mem_method,
         "auto_path": auto,
@@ -217,11 +239,15 @@ def _run_child(case, method, args) -> dict:
         str(args.repeats),
         "--max-seconds",
         str(args.max_seconds),
+        "--iterations",
+        str(args.iterations),
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} {n}x{h}x{d} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert method == "sdpa" or row["iterations"] == args.iterations, row
+    return row
 
 
 def _mib(b):
@@ -233,14 +259,12 @@ def _summary(rows, case):
     s = {"summary_case": "N={},H={},D={}".format(*case)}
     if "chunked" in by and "dense" in by:
         s["chunked_over_dense_peak_mem"] = by["chunked"]["peak_extra_bytes"] / max(1, by["dense"]["peak_extra_bytes"])
-    if "chunked" in by and "sdpa" in by:
-        s["chunked_over_sdpa_time"] = by["chunked"]["time_s"] / by["sdpa"]["time_s"]
-    if "dense" in by and "sdpa" in by:
-        s["dense_over_sdpa_time"] = by["dense"]["time_s"] / by["sdpa"]["time_s"]
+    # time ratios to SDPA: paired in the method's own process (see the docstring)
+    for m in ("chunked", "dense", "portable"):
+        if m in by:
+            s[f"{m}_over_sdpa_time"] = by[m]["over_sdpa_time"]
     if "chunked" in by and "dense" in by:
         s["chunked_over_dense_time"] = by["chunked"]["time_s"] / by["dense"]["time_s"]
-    if "portable" in by and "sdpa" in by:
-        s["portable_over_sdpa_time"] = by["portable"]["time_s"] / by["sdpa"]["time_s"]
     if "chunked_over_dense_peak_mem" in s:
         s["meets_memory_target"] = s["chunked_over_dense_peak_mem"] < TARGET_MEM
     if "chunked_over_sdpa_time" in s:
@@ -257,6 +281,7 @@ def main(argv=None):
     )
     ap.add_argument("--repeats", type=int, default=3, help="timed warm runs per measurement (median)")
     ap.add_argument("--max-seconds", type=float, default=60.0, help="stop repeating once a measurement took this long")
+    ap.add_argument("--iterations", type=int, default=ITERATIONS, help="Sinkhorn iterations (default 2)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before a subprocess is abandoned")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -268,7 +293,7 @@ def main(argv=None):
 
     if args.child:
         ((n, h, d),) = _parse_cases(args.child)
-        print(json.dumps(_child(n, h, d, methods[0], args.repeats, args.max_seconds)))
+        print(json.dumps(_child(n, h, d, methods[0], args.repeats, args.max_seconds, args.iterations)))
         return 0
 
     cases = _parse_cases(args.cases) if args.cases else (QUICK_CASES if args.quick else FULL_CASES)
@@ -279,7 +304,8 @@ def main(argv=None):
             r = _run_child(case, method, args)
             rows.append(r)
             print(
-                f"# {method:8s} N={case[0]} H={case[1]} D={case[2]}: {r['time_s']:.3f} s, "
+                f"# {method:8s} N={case[0]} H={case[1]} D={case[2]}: {r['time_s']:.3f} s "
+                f"({r['over_sdpa_time']:.2f}x SDPA), "
                 f"peak +{_mib(r['peak_extra_bytes']):.0f} MiB",
                 file=sys.stderr,
                 flush=True,
@@ -287,7 +313,8 @@ def main(argv=None):
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     print(
-        f"ASAG attention on CPU: batch 1, float32, iterations={ITERATIONS}; time = median of warm runs, "
+        f"ASAG attention on CPU: batch 1, float32, iterations={args.iterations}; time = median of warm runs; "
+        "× SDPA = median ratio to SDPA runs paired in the same process; "
         "peak = resident memory above the inputs (fresh process per row)\n"
     )
     print("| N | H | D | method | auto path | time (s) | × SDPA time | peak extra (MiB) | × dense peak |")
@@ -296,7 +323,7 @@ def main(argv=None):
         by = {r["method"]: r for r in rows if (r["N"], r["H"], r["D"]) == case}
         for method in methods:
             r = by[method]
-            t_ratio = f"{r['time_s'] / by['sdpa']['time_s']:.2f}" if "sdpa" in by else ""
+            t_ratio = f"{r['over_sdpa_time']:.2f}"
             m_ratio = f"{r['peak_extra_bytes'] / max(1, by['dense']['peak_extra_bytes']):.3f}" if "dense" in by else ""
             auto = r["auto_path"] if method != "sdpa" else ""
             print(
@@ -314,7 +341,7 @@ def main(argv=None):
 
     record = {
         "benchmark": "asag_attention_cpu",
-        "iterations": ITERATIONS,
+        "iterations": args.iterations,
         "dtype": "float32",
         "batch": 1,
         "torch": torch.__version__,
