@@ -69,7 +69,7 @@ def main(argv=None):
     k = args.per_digit
     fig, axes = plt.subplots(10, len(columns), figsize=(1.0 + 0.75 * k * len(columns), 8.6))
     axes = np.asarray(axes).reshape(10, len(columns))
-    for c, ((label, _), imgs) in enumerate(zip(columns, images)):
+    for c, ((label, _), imgs) in enumerate(zip(columns, images, strict=False)):
         for d in range(10):
             strip = np.concatenate([imgs[d * k + j, 0].numpy() for j in range(k)], axis=1)
             ax = axes[d, c]

@@ -185,25 +185,27 @@ class FeatureNet:
 
     def __init__(self, path: str, device):
         self.device = device
+        self._normalize = False
         try:
             self.net = torch.jit.load(path, map_location=device).eval()
             self.name = f"FID-style FD ({os.path.basename(path)}, TorchScript)"
-        except Exception:
-            try:
-                import torchvision
-            except ImportError as e:
-                raise SystemExit(f"--feature-weights {path}: not TorchScript, and torchvision is missing: {e}")
-            net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            missing, unexpected = net.load_state_dict(state, strict=False)
-            if len(missing) > 10:
-                raise SystemExit(f"--feature-weights {path}: not a torchvision inception_v3 state dict "
-                                 f"({len(missing)} missing keys)")
-            net.fc = torch.nn.Identity()
-            self.net = net.eval().to(device)
-            self.name = f"FID-style FD (torchvision inception_v3 pool, {os.path.basename(path)})"
-            self._normalize = True
-        self._normalize = getattr(self, "_normalize", False)
+            return
+        except Exception:  # not TorchScript: try a torchvision inception_v3 state dict
+            pass
+        try:
+            import torchvision
+        except ImportError as e:
+            raise SystemExit(f"--feature-weights {path}: not TorchScript, and torchvision is missing: {e}") from None
+        net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, _ = net.load_state_dict(state, strict=False)
+        if len(missing) > 10:
+            raise SystemExit(f"--feature-weights {path}: neither TorchScript nor a torchvision inception_v3 "
+                             f"state dict ({len(missing)} missing keys)")
+        net.fc = torch.nn.Identity()
+        self.net = net.eval().to(device)
+        self.name = f"FID-style FD (torchvision inception_v3 pool, {os.path.basename(path)})"
+        self._normalize = True
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, 299, 299) in [0, 1]
@@ -345,7 +347,7 @@ def run_all(host, backend, settings, seeds, log=print, keep_images=None):
 def summarize(settings, results, cfg_index):
     rows = []
     base = results[cfg_index]
-    for s, per_seed in zip(settings, results):
+    for s, per_seed in zip(settings, results, strict=False):
         row = {"name": s.name, "groups": [s.group] + [g for g, _ in s.also], "cfg": s.cfg, "guidance": s.guidance,
                "scale": s.scale, "iterations": s.iterations if s.guidance == "asag" else None,
                "cost": s.cost if s.guidance == "asag" else None, "layers": s.layers if s.guidance == "asag" else None}
@@ -355,9 +357,9 @@ def summarize(settings, results, cfg_index):
                 row[k] = None
                 continue
             row[k] = metrics.mean_std(vals)
-        d = [m["fd_feat"] - b["fd_feat"] for m, b in zip(per_seed, base)]
+        d = [m["fd_feat"] - b["fd_feat"] for m, b in zip(per_seed, base, strict=False)]
         row["d_fd"] = metrics.mean_std(d)
-        dp = [m["fd_pix"] - b["fd_pix"] for m, b in zip(per_seed, base)]
+        dp = [m["fd_pix"] - b["fd_pix"] for m, b in zip(per_seed, base, strict=False)]
         row["d_fd_pix"] = metrics.mean_std(dp)
         row["per_seed_fd_feat"] = [m["fd_feat"] for m in per_seed]
         rows.append(row)
@@ -421,7 +423,7 @@ def write_plots(rows, out_dir, cfg_row, pag_row):
         xs = [p[0] for p in pts]
         fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
         for ax, (key, label) in zip(axes, (("fd_feat", "classifier-feature FD ↓"), ("fd_pix", "pixel FD ↓"),
-                                           ("prec", "precision"), ("rec", "recall"))):
+                                           ("prec", "precision"), ("rec", "recall")), strict=False):
             m = np.array([p[1][key][0] for p in pts])
             s = np.array([p[1][key][1] for p in pts])
             ax.errorbar(xs, m, yerr=s, marker="o", capsize=3, label="CFG + ASAG")
@@ -560,10 +562,12 @@ def main(argv=None):
             floors.append(metrics.frechet_distance(backend.features(x[idx]), stats_b=backend.feat_stats))
         real_floor = metrics.mean_std(floors)
 
-    print(f"## ASAG sample quality ({'checkpoint ' + os.path.basename(args.checkpoint) if real else 'tiny digits model'})")
+    what = "checkpoint " + os.path.basename(args.checkpoint) if real else "tiny digits model"
+    how = f"{args.sampler}/{args.scheduler} (KSampler node)" if real else "euler/karras (comfy.sample.sample)"
+    print(f"## ASAG sample quality ({what})")
     print()
     print(f"{args.n} images per setting and seed, seeds {seeds}, {args.steps} steps "
-          f"{args.sampler + '/' + args.scheduler + ' (KSampler node)' if real else 'euler/karras (comfy.sample.sample)'}, CFG {args.cfg:g}, ASAG layers {args.layers!r}, "
+          f"{how}, CFG {args.cfg:g}, ASAG layers {args.layers!r}, "
           f"torch threads {torch.get_num_threads()}. fd_feat = {backend.feature_name}; "
           f"fd_pix = {backend.pixel_name}. Mean ± std over seeds.")
     if real_floor:

@@ -69,9 +69,9 @@ def check_asag_moves_samples_as_measured(host, bench, tag=""):
     adv = _measure(host, bench, "asag", "adversarial", tag)
     sim = _measure(host, bench, "asag", "similarity", tag)
     fd_cfg = [m["fd_feat"] for m in cfg]
-    d_adv = [a["fd_feat"] - c["fd_feat"] for a, c in zip(adv, cfg)]
-    d_sim = [a["fd_feat"] - c["fd_feat"] for a, c in zip(sim, cfg)]
-    d_sat = [a["sat"] - c["sat"] for a, c in zip(adv, cfg)]
+    d_adv = [a["fd_feat"] - c["fd_feat"] for a, c in zip(adv, cfg, strict=False)]
+    d_sim = [a["fd_feat"] - c["fd_feat"] for a, c in zip(sim, cfg, strict=False)]
+    d_sat = [a["sat"] - c["sat"] for a, c in zip(adv, cfg, strict=False)]
     seed_noise = max(fd_cfg) - min(fd_cfg)  # FD spread of plain CFG across the seeds (benchmark: ~13)
     report = (f"fd CFG {fd_cfg}, delta adversarial {d_adv}, delta similarity {d_sim}, delta saturated {d_sat}, "
               f"seed noise {seed_noise:.1f}")
