@@ -2,7 +2,7 @@
 
     python -m benchmarks.demo [--out docs/asag_demo.png] [--per-digit 4] [--seed 0]
 
-ComfyUI is found and started as the host tests do (``benchmarks.host``); the pack's
+ComfyUI is found and started as the host tests do (``tests/comfy_host.py``); the pack's
 ``ASAGAdvanced`` node patches the model and ``comfy.sample.sample`` samples both columns
 from the same seed and the same initial noise.  Rows: digits 0-9; columns: CFG, CFG + ASAG
 (and, with ``--pag``, CFG + ComfyUI's PerturbedAttentionGuidance).
@@ -39,9 +39,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from benchmarks.host import start_host
+    from benchmarks.quality import start_comfy_host
 
-    host = start_host()
+    host = start_comfy_host()
     from benchmarks.tiny_model import load_tiny_model
 
     tiny = load_tiny_model()

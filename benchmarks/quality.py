@@ -4,7 +4,7 @@ Default (CPU, no downloads): the committed tiny class-conditional digits model
 (``benchmarks.tiny_model``), N images per setting with balanced labels (N/10 per digit),
 the same seeds and the same initial noise for every setting, sampled with
 ``comfy.sample.sample`` on ComfyUI's ModelPatcher patched by this pack's nodes (found and
-loaded exactly as the host tests do, ``benchmarks.host``).  Metrics, against all 1,797
+loaded exactly as the host tests do, ``tests/comfy_host.py``).  Metrics, against all 1,797
 real sklearn digits:
 
 - ``fd_feat``: Fréchet distance in the 128-d feature space of the committed digit
@@ -294,6 +294,24 @@ class CheckpointBackend:
 # --------------------------------------------------------------------------- running
 
 
+def start_comfy_host():
+    """ComfyUI with this pack loaded, found as the host tests find it (tests/comfy_host.py)."""
+    try:
+        from benchmarks.host import start_host  # shared helper, when present
+    except ImportError:
+        tests = os.path.join(ROOT, "tests")
+        if tests not in sys.path:
+            sys.path.insert(0, tests)
+        import comfy_host
+
+        host = comfy_host.start_host()
+        if host is None:
+            raise SystemExit(comfy_host.HOW_TO) from None
+        return host
+    return start_host()
+
+
+
 def patched_model(host, base, s: Setting):
     if s.guidance == "none":
         return base
@@ -533,9 +551,7 @@ def main(argv=None):
     if threads:
         torch.set_num_threads(threads)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
-    from benchmarks.host import start_host
-
-    host = start_host()
+    host = start_comfy_host()
     t_start = time.perf_counter()
     backend = CheckpointBackend(host, args) if real else TinyBackend(host, args.n, args.steps)
     settings = build_settings(args.cfg, args.scale, args.layers, args.quick)
