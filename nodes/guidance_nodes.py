@@ -18,6 +18,7 @@ from ..asag_core import (
 )
 from .attention_patch import ASAGPlan, adversarial_call, adversarial_prediction, copy_plan
 from .model_layers import family_name, layer_catalog
+from .shared_prefix import with_shared_prefix
 
 CATEGORY = "model_patches/asag"
 
@@ -164,6 +165,10 @@ class ASAGAdvanced(io.ComfyNode):
 class ASAGCFGGuider(comfy.samplers.CFGGuider):
     """CFG + ASAG with cond, uncond and the adversarial branch in one batched model call."""
 
+    #: compute the adversarial rows' prefix (everything before the first perturbed layer)
+    #: once, shared with the conditional rows (see shared_prefix.py); False = plain batching
+    share_prefix = True
+
     def __init__(self, model_patcher, plan: ASAGPlan):
         super().__init__(model_patcher)
         self.plan = plan
@@ -180,6 +185,8 @@ class ASAGCFGGuider(comfy.samplers.CFGGuider):
         skip_uncond = abs(self.cfg - 1.0) < 1e-9 and not options.get("disable_cfg1_optimization", False)
         uncond = None if skip_uncond else negative
         with adversarial_call(self.inner_model, options, self.plan, slots=(2,)) as adv_options:
+            if self.share_prefix:
+                adv_options = with_shared_prefix(adv_options, self.plan, adversarial_slots=(2,), cond_slot=0)
             cond_pred, uncond_pred, adv_pred = comfy.samplers.calc_cond_batch(
                 self.inner_model, [positive, uncond, positive], x, timestep, adv_options
             )

@@ -1,0 +1,342 @@
+"""Computing the adversarial branch's shared prefix once.
+
+In ASAGGuider's batched model call the adversarial rows are exact copies of the
+conditional rows (same latent, sigma and conditioning) up to the first perturbed
+self-attention layer: everything before it computes the same numbers twice.
+This module makes that prefix run once.
+
+How
+---
+For the duration of one ``apply_model`` call (an ``APPLY_MODEL`` wrapper added to
+the model_options of that call only, so it composes with other wrappers and
+leaves the shared model untouched), every module that runs entirely before the
+first perturbed layer gets two temporary hooks:
+
+* a forward *pre*-hook that hands the module only the rows that are not
+  shared-adversarial (every tensor argument whose leading dim is the call's
+  batch is narrowed; ``transformer_options["cond_or_uncond"]`` and ``["uuids"]``
+  are narrowed to match while the module runs, so patches inside it that split
+  the batch by cond see a consistent picture), and
+* a forward hook that rebuilds the full batch from the module's output, the
+  adversarial rows filled in as copies of their conditional partner's rows.
+
+Between prefix modules the full batch flows as before (skip connections,
+ControlNet residuals and block patches see what they always saw). The hooks are
+removed in ``finally``: nothing stays registered on the diffusion model, also
+when sampling is interrupted.
+
+Which modules (the "prefix")
+----------------------------
+* ComfyUI's ``UNetModel`` (SD1.x/2.x/SDXL; not the video U-Nets): the children of every
+  input/middle/output block that runs before the block holding the first
+  perturbed transformer, the children of that block before its
+  SpatialTransformer, and inside the SpatialTransformer its norm, proj_in and the
+  transformer blocks before the perturbed one.
+* Flux and SD3 (MMDiT): the blocks of the double/joint stack (then the single
+  stack) before the first perturbed block. The cheap embedders are not shared.
+* Any other architecture: no sharing; the batched call runs as before.
+
+When rows are *not* shared (the call runs unchanged for them)
+-------------------------------------------------------------
+* calc_cond_batch put an adversarial chunk in a different model call than its
+  conditional partner (memory-based splitting, area conds): the partner is
+  matched by slot and cond uuid inside one call only.
+* The adversarial and conditional rows of the model inputs are not bit-equal
+  (something upstream, e.g. a ``model_function_wrapper``, changed one of them).
+* The model runs under ``torch.compile`` (hooks would force recompiles).
+
+Only ASAGGuider shares. The ASAG node is a post-CFG function: its adversarial pass is a
+separate model call holding only the adversarial rows, so there is no conditional row in it
+to share with. Batching it into the cond/uncond call would need either
+``sampler_calc_cond_batch_function`` (a single slot that e.g. SkipLayerGuidance also sets:
+the last node applied would silently win) or a CALC_COND_BATCH wrapper that guesses which
+calc_cond_batch call is the step's main one (PAG, SAG and other post-CFG nodes make their
+own calls); neither composes safely, so the node stays a separate pass, like PAG.
+
+Assumption: every prefix module is row-independent (true of convolutions,
+group/layer norms, linear layers and attention in eval mode). A third-party
+patch *inside* the prefix that treats ``cond_or_uncond`` slot 2 differently from
+slot 0 would see the adversarial rows as the conditional rows they equal.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import comfy.patcher_extension
+import torch
+
+from ..asag_core import DiTLayer, UNetLayer
+from .model_layers import dit_block
+
+WRAPPER_KEY = "asag_shared_prefix"
+_TORCH_COMPILE_KWARGS = "torch_compile_kwargs"  # comfy_api.torch_helpers.torch_compile.TORCH_COMPILE_KWARGS
+
+# the DiTs whose block stacks are called as modules with batch-leading tensors only
+_DIT_CLASSES = {
+    ("comfy.ldm.flux.model", "Flux"),
+    ("comfy.ldm.modules.diffusionmodules.mmdit", "MMDiT"),
+    ("comfy.ldm.modules.diffusionmodules.mmdit", "OpenAISignatureMMDITWrapper"),
+}
+_UNET_PART_RANK = {"input": 0, "middle": 1, "output": 2}
+_IMAGE_UNETS = weakref.WeakKeyDictionary()  # UNetModel -> has no video transformer
+
+
+# ---------------------------------------------------------------------------
+# which modules run before the first perturbed layer
+# ---------------------------------------------------------------------------
+
+def _is_unet(diffusion_model) -> bool:
+    """ComfyUI's image UNetModel. Video U-Nets (SVD) are left out: their temporal layers mix
+    the rows of a chunk and take frame-shaped extra inputs."""
+    cls = type(diffusion_model)
+    if cls.__name__ != "UNetModel" or cls.__module__ != "comfy.ldm.modules.diffusionmodules.openaimodel":
+        return False
+    if getattr(diffusion_model, "use_temporal_resblocks", False):
+        return False
+    known = _IMAGE_UNETS.get(diffusion_model)
+    if known is None:
+        known = not any(type(m).__name__ == "SpatialVideoTransformer" for m in diffusion_model.modules())
+        _IMAGE_UNETS[diffusion_model] = known
+    return known
+
+
+def _is_known_dit(diffusion_model) -> bool:
+    cls = type(diffusion_model)
+    return (cls.__module__, cls.__name__) in _DIT_CLASSES
+
+
+def _unet_prefix(diffusion_model, layers):
+    first = min(layers, key=lambda lay: (_UNET_PART_RANK[lay.part], lay.block_id, lay.transformer_index))
+    blocks = [("input", i, blk) for i, blk in enumerate(diffusion_model.input_blocks)]
+    if diffusion_model.middle_block is not None:
+        blocks.append(("middle", 0, diffusion_model.middle_block))
+    blocks += [("output", i, blk) for i, blk in enumerate(diffusion_model.output_blocks)]
+    modules = []
+    for part, block_id, block in blocks:
+        if (part, block_id) != (first.part, first.block_id):
+            modules.extend(block.children())
+            continue
+        for child in block.children():
+            if hasattr(child, "transformer_blocks"):
+                modules.append(child.norm)
+                modules.append(child.proj_in)
+                modules.extend(list(child.transformer_blocks)[: first.transformer_index])
+                return modules
+            modules.append(child)
+        return None  # the perturbed transformer is not where the catalog said: share nothing
+    return None
+
+
+def _blocks(diffusion_model, stack, count):
+    return [dit_block(diffusion_model, stack, i) for i in range(count)]
+
+
+def _dit_prefix(diffusion_model, layers):
+    # the catalog's numbering: the double/joint stack runs first, then the single stack
+    first = min(layers, key=lambda lay: (0 if lay.stack == "double" else 1, lay.index))
+    if first.stack == "double":
+        return _blocks(diffusion_model, "double", first.index)
+    return list(diffusion_model.double_blocks) + _blocks(diffusion_model, "single", first.index)
+
+
+def prefix_modules(diffusion_model, layers) -> list:
+    """The modules that run entirely before the first of ``layers``, in order; [] if none
+    or the architecture is not one whose prefix is known to be shareable."""
+    layers = list(layers)
+    if not layers:
+        return []
+    if all(isinstance(lay, UNetLayer) for lay in layers) and _is_unet(diffusion_model):
+        modules = _unet_prefix(diffusion_model, layers)
+    elif all(isinstance(lay, DiTLayer) for lay in layers) and _is_known_dit(diffusion_model):
+        modules = _dit_prefix(diffusion_model, layers)
+    else:
+        modules = None
+    return [m for m in (modules or []) if isinstance(m, torch.nn.Module)]
+
+
+# ---------------------------------------------------------------------------
+# which rows can be shared in one call
+# ---------------------------------------------------------------------------
+
+def _rows_equal(obj, batch, rows_a, rows_b) -> bool:
+    """Rows ``rows_a`` equal rows ``rows_b`` in every batch-leading tensor inside ``obj``."""
+    if isinstance(obj, torch.Tensor):
+        if obj.ndim == 0 or obj.shape[0] != batch:
+            return True
+        return torch.equal(obj[rows_a], obj[rows_b])
+    if isinstance(obj, dict):
+        return all(_rows_equal(v, batch, rows_a, rows_b) for k, v in obj.items() if k != "transformer_options")
+    if isinstance(obj, (list, tuple)):
+        return all(_rows_equal(v, batch, rows_a, rows_b) for v in obj)
+    return True
+
+
+class Fork:
+    """The row bookkeeping of one shared call.
+
+    ``keep``: the rows the prefix computes (all but the shared adversarial ones);
+    ``gather``: for every row of the full batch, its row in the kept batch (an
+    adversarial row points at its conditional partner's).
+    """
+
+    def __init__(self, batch, keep, gather, order, uuids):
+        self.batch = batch
+        self.narrow_batch = len(keep)
+        self.keep = torch.tensor(keep, dtype=torch.long)
+        self.gather = torch.tensor(gather, dtype=torch.long)
+        contiguous = keep == list(range(keep[0], keep[0] + len(keep)))
+        self.keep_range = (keep[0], len(keep)) if contiguous else None
+        self.order = order
+        self.uuids = uuids
+        self.shared_rows = batch - len(keep)
+
+
+def plan_fork(batch, transformer_options, adversarial_slots, cond_slot, inputs) -> Fork | None:
+    """Pair each adversarial chunk of this call with its conditional chunk (same cond uuid,
+    equal inputs); None if no chunk can be shared."""
+    order = list(transformer_options.get("cond_or_uncond") or [])
+    uuids = list(transformer_options.get("uuids") or [])
+    if len(order) < 2 or len(uuids) != len(order) or batch % len(order):
+        return None
+    per = batch // len(order)
+    partner = {}
+    used = set()
+    for o, slot in enumerate(order):
+        if slot not in adversarial_slots:
+            continue
+        for p, other in enumerate(order):
+            if other != cond_slot or p in used or uuids[p] != uuids[o]:
+                continue
+            rows_adv = torch.arange(o * per, (o + 1) * per)
+            rows_cond = torch.arange(p * per, (p + 1) * per)
+            if _rows_equal(inputs, batch, rows_adv, rows_cond):
+                partner[o] = p
+                used.add(p)
+            break
+    if not partner:
+        return None
+    kept_chunks = [o for o in range(len(order)) if o not in partner]
+    keep = [o * per + r for o in kept_chunks for r in range(per)]
+    position = {chunk: i for i, chunk in enumerate(kept_chunks)}
+    gather = []
+    for o in range(len(order)):
+        src = position[partner.get(o, o)]
+        gather.extend(src * per + r for r in range(per))
+    return Fork(batch, keep, gather, [order[o] for o in kept_chunks], [uuids[o] for o in kept_chunks])
+
+
+# ---------------------------------------------------------------------------
+# the hooks
+# ---------------------------------------------------------------------------
+
+class _Hooks:
+    def __init__(self, fork: Fork, transformer_options: dict):
+        self.fork = fork
+        self.options = transformer_options
+        self.full_order = transformer_options.get("cond_or_uncond")
+        self.full_uuids = transformer_options.get("uuids")
+        self.depth = 0
+
+    def _narrow(self, obj):
+        fork = self.fork
+        if isinstance(obj, torch.Tensor):
+            if obj.ndim == 0 or obj.shape[0] != fork.batch:
+                return obj
+            if fork.keep_range is not None:
+                return obj.narrow(0, *fork.keep_range)
+            return obj.index_select(0, fork.keep.to(obj.device))
+        if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+            return type(obj)(self._narrow(v) for v in obj)
+        return obj  # dicts (transformer_options) and everything else pass through
+
+    def _widen(self, obj):
+        fork = self.fork
+        if isinstance(obj, torch.Tensor):
+            if obj.ndim == 0 or obj.shape[0] != fork.narrow_batch:
+                return obj
+            return obj.index_select(0, fork.gather.to(obj.device))
+        if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+            return type(obj)(self._widen(v) for v in obj)
+        return obj
+
+    def pre(self, module, args, kwargs):
+        self.depth += 1
+        if self.depth > 1:  # a prefix module inside another one: already narrowed
+            return None
+        self.options["cond_or_uncond"] = list(self.fork.order)
+        self.options["uuids"] = list(self.fork.uuids)
+        return self._narrow(args), {k: self._narrow(v) for k, v in kwargs.items()}
+
+    def post(self, module, args, output):
+        self.depth -= 1
+        if self.depth > 0:
+            return None
+        self.restore()
+        return self._widen(output)
+
+    def restore(self):
+        self.options["cond_or_uncond"] = self.full_order
+        self.options["uuids"] = self.full_uuids
+
+
+def shared_prefix_wrapper(layers, adversarial_slots, cond_slot, stats=None):
+    """An APPLY_MODEL wrapper that computes the prefix once for the shared adversarial rows.
+
+    ``stats`` (optional dict) is updated with the rows shared in each call (for tests and
+    benchmarks)."""
+    adversarial_slots = frozenset(adversarial_slots)
+
+    def asag_shared_prefix(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                           **kwargs):
+        def run():
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+        base_model = executor.class_obj
+        diffusion_model = getattr(base_model, "diffusion_model", None)
+        if diffusion_model is None or hasattr(diffusion_model, "_orig_mod"):
+            return run()
+        modules = prefix_modules(diffusion_model, layers)
+        if not modules:
+            return run()
+        inputs = (x, t, c_concat, c_crossattn, control, kwargs)
+        fork = plan_fork(x.shape[0], transformer_options, adversarial_slots, cond_slot, inputs)
+        if fork is None:
+            return run()
+        hooks = _Hooks(fork, transformer_options)
+        handles = []
+        try:
+            for module in modules:
+                handles.append(module.register_forward_pre_hook(hooks.pre, with_kwargs=True))
+                handles.append(module.register_forward_hook(hooks.post, prepend=True))
+            out = run()
+        finally:
+            for handle in handles:
+                handle.remove()
+            hooks.restore()
+        if stats is not None:
+            stats["calls"] = stats.get("calls", 0) + 1
+            stats["shared_rows"] = stats.get("shared_rows", 0) + fork.shared_rows
+        return out
+
+    return asag_shared_prefix
+
+
+def with_shared_prefix(model_options: dict, plan, adversarial_slots, cond_slot=0, stats=None) -> dict:
+    """A copy of ``model_options`` whose model calls share the prefix of the rows at
+    ``adversarial_slots`` with those at ``cond_slot``. The input dicts are not modified."""
+    if _TORCH_COMPILE_KWARGS in model_options:
+        return model_options
+    options = dict(model_options)
+    to = dict(options.get("transformer_options", {}))
+    wrappers = {kind: dict(by_key) for kind, by_key in to.get("wrappers", {}).items()}
+    kind = comfy.patcher_extension.WrappersMP.APPLY_MODEL
+    by_key = wrappers.setdefault(kind, {})
+    # innermost of the apply_model wrappers: it runs with the inputs the model will see
+    by_key[WRAPPER_KEY] = [shared_prefix_wrapper(plan.layers, adversarial_slots, cond_slot, stats)]
+    to["wrappers"] = wrappers
+    options["transformer_options"] = to
+    return options
+
+
+__all__ = ["Fork", "WRAPPER_KEY", "plan_fork", "prefix_modules", "shared_prefix_wrapper", "with_shared_prefix"]
