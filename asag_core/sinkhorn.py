@@ -56,7 +56,8 @@ cast back to the input dtype.
 
 Memory
 ------
-The dense path holds :math:`B \cdot H \cdot N_q \cdot N_k` logits. Above
+The dense path holds :math:`B \cdot H \cdot N_q \cdot N_k` logits (about four
+such temporaries at its peak). When that peak would exceed
 ``memory_budget_bytes`` (or when ``chunk_size`` is given) the memory-bounded
 path runs instead; the output is attention with the column potentials
 :math:`g` as an additive key bias: ``softmax_j(L_ij + g_j) @ V`` is exactly
@@ -92,6 +93,7 @@ COSTS = ("adversarial", "similarity", "uniform")
 
 #: Dense logits above this many bytes switch to the chunked path.
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
+_DENSE_PEAK_TEMPORARIES = 4
 
 __all__ = [
     "COSTS",
@@ -425,8 +427,10 @@ def adversarial_attention(
         # uniform plan: every query takes the mean of V over keys
         out = vh.mean(dim=2, keepdim=True).expand(b, h, nq, vh.shape[-1])
     else:
-        dense_bytes = b * h * nq * nk * 4
-        if chunk_size is None and dense_bytes <= memory_budget_bytes:
+        # the dense path's peak holds about four logits-sized temporaries (logits, logits + g,
+        # the lse workspace, the plan), so that is what the budget is compared with
+        dense_peak_bytes = _DENSE_PEAK_TEMPORARIES * b * h * nq * nk * 4
+        if chunk_size is None and dense_peak_bytes <= memory_budget_bytes:
             logits = _logits(qh, kh, sign, lam, bias)
             logits = logits.expand(shape) if logits.shape != shape else logits
             g = _dense_potential(logits, iterations)

@@ -229,9 +229,10 @@ def test_auto_path_switches_on_the_memory_budget(monkeypatch):
     q, k, v = _qkv(1, 2, 8, 8, 4, seed=14)
     calls = []
     monkeypatch.setattr(sk, "_dense_potential", lambda *a, **kw: calls.append("dense") or torch.zeros(1, 2, 1, 8))
-    _attn(q, k, v, memory_budget_bytes=1 * 2 * 8 * 8 * 4)  # fits exactly
+    peak = sk._DENSE_PEAK_TEMPORARIES * 1 * 2 * 8 * 8 * 4  # the dense path's peak: a few logits-sized temporaries
+    _attn(q, k, v, memory_budget_bytes=peak)  # fits exactly
     assert calls == ["dense"]
-    _attn(q, k, v, memory_budget_bytes=1 * 2 * 8 * 8 * 4 - 1)
+    _attn(q, k, v, memory_budget_bytes=peak - 1)
     assert calls == ["dense"]
 
 
