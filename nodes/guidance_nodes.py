@@ -77,8 +77,9 @@ def without_asag_post_cfg(model_options):
     return options
 
 
-def _settings_or_error(**values) -> ASAGSettings:
-    return ASAGSettings(**values)
+def _scale_input():
+    return io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.01,
+                          tooltip=SCALE_TOOLTIP)
 
 
 class ASAG(io.ComfyNode):
@@ -98,15 +99,14 @@ class ASAG(io.ComfyNode):
             inputs=[
                 io.Model.Input("model",
                                tooltip="The diffusion model to guide (SD1.x/2.x, SDXL, SD3.x, Flux, other DiTs)."),
-                io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.01,
-                               tooltip=SCALE_TOOLTIP),
+                _scale_input(),
             ],
             outputs=[io.Model.Output(tooltip="The model with ASAG applied after CFG.")],
         )
 
     @classmethod
     def execute(cls, model, scale) -> io.NodeOutput:
-        return io.NodeOutput(patch_model(model, _settings_or_error(scale=scale)))
+        return io.NodeOutput(patch_model(model, ASAGSettings(scale=scale)))
 
 
 class ASAGAdvanced(io.ComfyNode):
@@ -122,8 +122,7 @@ class ASAGAdvanced(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to guide."),
-                io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.01,
-                               tooltip=SCALE_TOOLTIP),
+                _scale_input(),
                 io.Int.Input("iterations", default=DEFAULT_ITERATIONS, min=0, max=100,
                              tooltip="Sinkhorn iterations (row + column normalisation). The paper: 2 suffice; "
                                      "0 = a plain softmax of the adversarial logits."),
@@ -155,7 +154,7 @@ class ASAGAdvanced(io.ComfyNode):
     @classmethod
     def execute(cls, model, scale, iterations, lam, cost, layers, sigma_start, sigma_end, rescale,
                 rescale_mode) -> io.NodeOutput:
-        settings = _settings_or_error(
+        settings = ASAGSettings(
             scale=scale, iterations=iterations, lam=lam, cost=cost, layers=layers, sigma_start=sigma_start,
             sigma_end=sigma_end, rescale=rescale, rescale_mode=rescale_mode,
         )
@@ -220,8 +219,7 @@ class ASAGGuider(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="The negative / unconditional conditioning."),
                 io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale. 1 skips the uncond pass, as CFGGuider does."),
-                io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100.0, step=0.05, round=0.01,
-                               tooltip=SCALE_TOOLTIP),
+                _scale_input(),
             ],
             outputs=[io.Guider.Output(tooltip="Connect to SamplerCustomAdvanced's guider input.")],
         )
@@ -230,7 +228,7 @@ class ASAGGuider(io.ComfyNode):
     def execute(cls, model, positive, negative, cfg, scale) -> io.NodeOutput:
         plan = carried_plan(model.model_options)
         if plan is None:
-            plan = make_plan(model, _settings_or_error(scale=scale))
+            plan = make_plan(model, ASAGSettings(scale=scale))
         else:
             plan = copy_plan(plan, scale=scale)
         guider = ASAGCFGGuider(model, plan)

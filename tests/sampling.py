@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import tiny_models
+import torch
 
 STEPS = 3
+
+
+def assert_same_sample(actual, expected):
+    """Equal up to float32 reordering (different attention kernels, batch composition), which
+    a few sampling steps of a random-weight model amplify in proportion to its output size."""
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=2e-5 * float(expected.abs().max()))
 
 
 def ksampler(host, model, family, *, cfg=4.0, seed=1, steps=STEPS, batch=1, sampler="euler", scheduler="normal",

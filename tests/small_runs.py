@@ -1,28 +1,15 @@
 """Small, quick sampling runs for the reliability and composition host tests.
 
-The host machine is shared: under CPU contention PyTorch's intra-op thread pool spends
-most of its time waiting on barriers (a tiny U-Net step takes ~10x longer with 2 threads
-than with 1), so these tests run single-threaded; the ``single_thread`` fixture restores
-the previous setting afterwards.
+(Single-threaded, like every test: see ``one_torch_thread`` in conftest.py.)
 """
 
 from __future__ import annotations
 
-import pytest
 import sampling
 import tiny_models
-import torch
 
 SIZE = 8  # latent side (64x64 pixels): the tiny SD1.5's middle block sees 4x4 = 16 tokens
 STEPS = 2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(host, model, family="sd15", batch=1, **kwargs):
@@ -30,11 +17,6 @@ def run(host, model, family="sd15", batch=1, **kwargs):
     kwargs.setdefault("steps", STEPS)
     kwargs.setdefault("latent", tiny_models.latent(family, batch=batch, size=SIZE))
     return sampling.ksampler(host, model, family, **kwargs)
-
-
-def assert_same_sample(actual, expected):
-    """Equal up to float32 reordering (attention kernels, batch composition), as in test_families."""
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=2e-5 * float(expected.abs().max()))
 
 
 def run_guider(host, guider, model, family="sd15", batch=1, steps=STEPS, seed=1):

@@ -49,15 +49,6 @@ def _attn(q, k, v, **kw):
     return adversarial_attention(q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True, **kw)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: thread wake-ups would dominate on a shared machine; restored afterwards
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(params=["fused", "portable"])
 def chunked_impl(request, monkeypatch):
     """Runs a test with each implementation of the memory-bounded path."""

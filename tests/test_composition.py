@@ -11,7 +11,8 @@ import pytest
 import sampling
 import tiny_models
 import torch
-from small_runs import SIZE, STEPS, assert_same_sample, run, run_guider, single_thread  # noqa: F401  (autouse fixture)
+from sampling import assert_same_sample
+from small_runs import SIZE, STEPS, run, run_guider
 
 pytestmark = pytest.mark.host
 

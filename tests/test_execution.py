@@ -19,7 +19,7 @@ import pytest
 import sampling
 import tiny_models
 import torch
-from small_runs import SIZE, single_thread  # noqa: F401  (autouse fixture)
+from small_runs import SIZE
 
 pytestmark = pytest.mark.host
 

@@ -41,13 +41,7 @@ BENCH_DELTA_SAT = 0.146  # saturated-pixel fraction, CFG + ASAG minus CFG
 def bench(host):
     from benchmarks import quality
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        backend = quality.TinyBackend(host, N, STEPS)
-        yield quality, backend
-    finally:
-        torch.set_num_threads(threads)
+    yield quality, quality.TinyBackend(host, N, STEPS)
 
 
 _CACHE: dict = {}

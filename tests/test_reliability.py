@@ -19,7 +19,7 @@ import pytest
 import sampling
 import tiny_models
 import torch
-from small_runs import SIZE, STEPS, run, run_guider, single_thread  # noqa: F401  (single_thread: autouse fixture)
+from small_runs import SIZE, STEPS, run, run_guider
 
 pytestmark = pytest.mark.host
 

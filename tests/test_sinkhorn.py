@@ -16,15 +16,6 @@ from asag_core import sinkhorn_plan
 from asag_core.sinkhorn import COSTS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: thread wake-ups would dominate on a shared machine; restored afterwards
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _randn(*shape, seed=0, dtype=torch.float64, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=g, dtype=dtype) * scale
