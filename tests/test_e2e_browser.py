@@ -39,7 +39,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from tests import workflow_checks as wc  # noqa: E402
-from tests.comfy_host import find_comfyui  # noqa: E402
+from tests.comfy_host import HOW_TO, find_comfyui  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -61,7 +61,7 @@ EXPECTED_LOCAL_404 = ("/user.css", "/api/userdata/user.css", "/api/userdata?dir=
 
 def _skip_reason():
     if find_comfyui() is None:
-        return "no ComfyUI found (set COMFYUI_PATH, or put ComfyUI at ~/comfy/ComfyUI)"
+        return HOW_TO
     if not os.access(CHROMIUM, os.X_OK):
         return f"no {CHROMIUM} (apt-get install -y chromium chromium-driver)"
     try:
