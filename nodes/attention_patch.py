@@ -42,6 +42,10 @@ class ASAGPlan:
     layers: tuple
     family: str
 
+    def active_at(self, sigma: float) -> bool:
+        """Whether ASAG guides the step at noise level ``sigma``."""
+        return self.settings.active_at(sigma)
+
 
 def sinkhorn_attention(q, k, v, heads, settings: ASAGSettings, layer, **layout):
     """The one place the Sinkhorn attention is called from the model (tests count calls here)."""

@@ -39,7 +39,7 @@ def _post_cfg_function(plan: ASAGPlan):
         cfg_result = args["denoised"]
         cond = args["cond"]
         sigma = args["sigma"]
-        if cond is None or not plan.settings.active_at(float(sigma.max())):
+        if cond is None or not plan.active_at(float(sigma.max())):
             return cfg_result
         adversarial = adversarial_prediction(
             args["model"], cond, args["input"], sigma, args["model_options"], plan
@@ -177,7 +177,7 @@ class ASAGCFGGuider(comfy.samplers.CFGGuider):
         positive = self.conds.get("positive")
         negative = self.conds.get("negative")
         settings = self.plan.settings
-        if positive is None or not settings.active_at(float(timestep.max())):
+        if positive is None or not self.plan.active_at(float(timestep.max())):
             return comfy.samplers.sampling_function(
                 self.inner_model, x, timestep, negative, positive, self.cfg, model_options=options, seed=seed
             )
