@@ -47,8 +47,8 @@ class ASAGSettings:
     lam: float = DEFAULT_LAM
     cost: str = "adversarial"
     layers: str = "auto"
-    sigma_start: float = -1.0
-    sigma_end: float = -1.0
+    start_percent: float = 0.0
+    end_percent: float = 1.0
     rescale: float = 0.0
     rescale_mode: str = "full"
 
@@ -60,26 +60,16 @@ class ASAGSettings:
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {', '.join(COSTS)}; got {self.cost!r}")
         parse_layer_spec(self.layers)  # raises LayerSpecError (a ValueError) naming 'layers'
-        _finite("sigma_start", self.sigma_start)
-        _finite("sigma_end", self.sigma_end)
-        if self.sigma_start >= 0 and self.sigma_end >= 0 and self.sigma_end > self.sigma_start:
+        _finite("start_percent", self.start_percent, minimum=0.0, maximum=1.0)
+        _finite("end_percent", self.end_percent, minimum=0.0, maximum=1.0)
+        if self.start_percent > self.end_percent:
             raise ValueError(
-                f"sigma_end ({self.sigma_end}) must not exceed sigma_start ({self.sigma_start}); "
-                "guidance runs while sigma_start >= sigma >= sigma_end (negative = unbounded)"
+                f"start_percent ({self.start_percent}) must not exceed end_percent ({self.end_percent}); "
+                "guidance runs from start_percent to end_percent of the schedule, 0 <= start <= end <= 1"
             )
         _finite("rescale", self.rescale, minimum=0.0, maximum=1.0)
         if self.rescale_mode not in RESCALE_MODES:
             raise ValueError(f"rescale_mode must be one of {', '.join(RESCALE_MODES)}; got {self.rescale_mode!r}")
-
-    def active_at(self, sigma: float) -> bool:
-        """Whether guidance applies at this noise level (negative bounds are open)."""
-        if self.scale == 0.0:
-            return False
-        if self.sigma_start >= 0 and sigma > self.sigma_start:
-            return False
-        if self.sigma_end >= 0 and sigma < self.sigma_end:
-            return False
-        return True
 
 
 def _finite(name, value, minimum=None, maximum=None):

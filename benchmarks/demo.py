@@ -49,7 +49,7 @@ def main(argv=None):
     columns = [("CFG %g" % args.cfg, tiny.model_patcher)]
     asag = host.node("ASAGAdvanced").execute(
         tiny.model_patcher, scale=args.scale, iterations=2, lam=1.0, cost="adversarial", layers=args.layers,
-        sigma_start=-1.0, sigma_end=-1.0, rescale=0.0, rescale_mode="full",
+        start_percent=0.0, end_percent=1.0, rescale=0.0, rescale_mode="full",
     ).result[0]
     columns.append((f"CFG {args.cfg:g} + ASAG {args.scale:g}\n(layers {args.layers})", asag))
     if args.pag:

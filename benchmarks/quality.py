@@ -321,7 +321,7 @@ def patched_model(host, base, s: Setting):
         return PerturbedAttentionGuidance.execute(base, s.scale).result[0]
     return host.node("ASAGAdvanced").execute(
         base, scale=s.scale, iterations=s.iterations, lam=1.0, cost=s.cost, layers=s.layers,
-        sigma_start=-1.0, sigma_end=-1.0, rescale=0.0, rescale_mode="full",
+        start_percent=0.0, end_percent=1.0, rescale=0.0, rescale_mode="full",
     ).result[0]
 
 

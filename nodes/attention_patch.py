@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import comfy.samplers
 import torch
@@ -41,10 +42,15 @@ class ASAGPlan:
     settings: ASAGSettings
     layers: tuple
     family: str
+    #: the settings' start/end_percent as this model's noise levels (the window is model-specific:
+    #: SD's sigmas run 14.6 → 0.03, a flow model's 1 → 0); the defaults leave it unbounded
+    sigma_start: float = math.inf
+    sigma_end: float = 0.0
 
     def active_at(self, sigma: float) -> bool:
-        """Whether ASAG guides the step at noise level ``sigma``."""
-        return self.settings.active_at(sigma)
+        """Whether ASAG guides the step at noise level ``sigma``: both bounds inclusive, as in
+        ComfyUI's SkipLayerGuidance (``sigma_end <= sigma <= sigma_start``)."""
+        return self.settings.scale != 0.0 and self.sigma_end <= sigma <= self.sigma_start
 
 
 def sinkhorn_attention(q, k, v, heads, settings: ASAGSettings, layer, **layout):
@@ -264,11 +270,15 @@ def adversarial_prediction(model, cond, x, sigma, model_options, plan: ASAGPlan)
 
 
 def copy_plan(plan: ASAGPlan, **settings_changes) -> ASAGPlan:
+    """The plan with some settings changed; layers and the sigma window are kept (the window was
+    resolved from the percents against the model, so those two are not for changing here)."""
+    if {"start_percent", "end_percent"} & set(settings_changes):
+        raise ValueError("copy_plan keeps the plan's sigma window: start_percent and end_percent need a new plan")
     settings = plan.settings
     if settings_changes:
         values = {**settings.__dict__, **settings_changes}
         settings = ASAGSettings(**values)
-    return ASAGPlan(settings, plan.layers, plan.family)
+    return replace(plan, settings=settings)
 
 
 __all__ = ["ASAGPlan", "adversarial_call", "adversarial_prediction", "copy_plan"]

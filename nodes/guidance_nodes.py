@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import comfy.samplers
 from comfy_api.latest import io
 
@@ -29,9 +31,15 @@ SCALE_TOOLTIP = (
 
 
 def make_plan(model, settings: ASAGSettings) -> ASAGPlan:
-    """Resolve the layer spec against this model now, so a bad spec fails on the node."""
+    """Resolve the layer spec against this model now, so a bad spec fails on the node, and the
+    percent window into this model's sigmas, as ComfyUI's own percent inputs do."""
     catalog = layer_catalog(model)
-    return ASAGPlan(settings, tuple(resolve_layers(settings.layers, catalog)), family_name(model))
+    model_sampling = model.get_model_object("model_sampling")
+    # percent 0 is "from the first step" whatever the schedule's top sigma (a flow model maps it to 1.0)
+    sigma_start = math.inf if settings.start_percent <= 0.0 else model_sampling.percent_to_sigma(settings.start_percent)
+    sigma_end = model_sampling.percent_to_sigma(settings.end_percent)
+    return ASAGPlan(settings, tuple(resolve_layers(settings.layers, catalog)), family_name(model),
+                    sigma_start=float(sigma_start), sigma_end=float(sigma_end))
 
 
 def _post_cfg_function(plan: ASAGPlan):
@@ -118,7 +126,8 @@ class ASAGAdvanced(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "ASAG with every knob: Sinkhorn iterations, λ, the cost (adversarial, or the paper's "
-                "similarity and uniform ablations), layers, a sigma window and CFG-rescale."
+                "similarity and uniform ablations), layers, the part of the schedule it guides (start/end percent) "
+                "and CFG-rescale."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to guide."),
@@ -136,10 +145,13 @@ class ASAGAdvanced(io.ComfyNode):
                 io.String.Input("layers", default="auto", multiline=False,
                                 tooltip="Self-attention layers to perturb. 'auto': U-Net middle block, DiT middle "
                                         f"block. {GRAMMAR_HELP}."),
-                io.Float.Input("sigma_start", default=-1.0, min=-1.0, max=10000.0, step=0.01, round=0.001,
-                               tooltip="Guide only while sigma ≤ sigma_start (high-noise end). Negative = no bound."),
-                io.Float.Input("sigma_end", default=-1.0, min=-1.0, max=10000.0, step=0.01, round=0.001,
-                               tooltip="Guide only while sigma ≥ sigma_end (low-noise end). Negative = no bound."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Where in the sampling schedule ASAG starts: 0 = the first (noisiest) step, "
+                                       "1 = the end. Converted to a noise level with the model's own schedule, "
+                                       "as in ControlNet Apply Advanced and SkipLayerGuidance."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Where in the sampling schedule ASAG stops: 1 = guide to the last step. "
+                                       "Must not be below start_percent."),
                 io.Float.Input("rescale", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="CFG-rescale of the ASAG term (Lin et al. 2023): 0 off, 1 keeps the "
                                        "conditional prediction's standard deviation. Helps against burn "
@@ -152,11 +164,11 @@ class ASAGAdvanced(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, scale, iterations, lam, cost, layers, sigma_start, sigma_end, rescale,
+    def execute(cls, model, scale, iterations, lam, cost, layers, start_percent, end_percent, rescale,
                 rescale_mode) -> io.NodeOutput:
         settings = ASAGSettings(
-            scale=scale, iterations=iterations, lam=lam, cost=cost, layers=layers, sigma_start=sigma_start,
-            sigma_end=sigma_end, rescale=rescale, rescale_mode=rescale_mode,
+            scale=scale, iterations=iterations, lam=lam, cost=cost, layers=layers, start_percent=start_percent,
+            end_percent=end_percent, rescale=rescale, rescale_mode=rescale_mode,
         )
         return io.NodeOutput(patch_model(model, settings))
 

@@ -52,6 +52,6 @@ def patch(host, node_id, model, **inputs):
     defaults = {
         "ASAG": {"scale": 1.5},
         "ASAGAdvanced": {"scale": 1.5, "iterations": 2, "lam": 1.0, "cost": "adversarial", "layers": "auto",
-                         "sigma_start": -1.0, "sigma_end": -1.0, "rescale": 0.0, "rescale_mode": "full"},
+                         "start_percent": 0.0, "end_percent": 1.0, "rescale": 0.0, "rescale_mode": "full"},
     }[node_id]
     return host.node(node_id).execute(model, **{**defaults, **inputs}).result[0]

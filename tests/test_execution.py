@@ -156,7 +156,7 @@ def _prompt(seed=1, scale_a=1.5, scale_b=3.0, layers_b="d0, u1", lam_b=2.0):
         "asag_a": {"class_type": "ASAG", "inputs": {"model": ["model", 0], "scale": scale_a}},
         "asag_b": {"class_type": "ASAGAdvanced", "inputs": {
             "model": ["model", 0], "scale": scale_b, "iterations": 3, "lam": lam_b, "cost": "adversarial",
-            "layers": layers_b, "sigma_start": -1.0, "sigma_end": -1.0, "rescale": 0.0, "rescale_mode": "full"}},
+            "layers": layers_b, "start_percent": 0.0, "end_percent": 1.0, "rescale": 0.0, "rescale_mode": "full"}},
         "sample_a": {"class_type": "KSampler", "inputs": {"model": ["asag_a", 0], "seed": seed, **ksampler}},
         "sample_b": {"class_type": "KSampler", "inputs": {"model": ["asag_b", 0], "seed": seed, **ksampler}},
         "out_a": {"class_type": "ASAGTestLatentSink", "inputs": {"samples": ["sample_a", 0], "tag": "a"}},

@@ -65,8 +65,12 @@ BAD_INPUTS = [
     ("ASAGAdvanced", {"rescale_mode": "half"}, False, ["rescale_mode", "full, partial", "'half'"]),
     ("ASAGAdvanced", {"rescale": 1.5}, False, ["rescale", "<= 1.0"]),
     ("ASAGAdvanced", {"rescale": math.nan}, False, ["rescale", ">= 0.0 and <= 1.0"]),
-    ("ASAGAdvanced", {"sigma_start": 1.0, "sigma_end": 2.0}, False, ["sigma_end", "sigma_start"]),
-    ("ASAGAdvanced", {"sigma_start": math.nan}, False, ["sigma_start", "finite number"]),
+    ("ASAGAdvanced", {"start_percent": 0.6, "end_percent": 0.4}, False,
+     ["start_percent (0.6) must not exceed end_percent (0.4)", "0 <= start <= end <= 1"]),
+    ("ASAGAdvanced", {"start_percent": math.nan}, False, ["start_percent", "finite number >= 0.0 and <= 1.0"]),
+    ("ASAGAdvanced", {"start_percent": -0.1}, False, ["start_percent", ">= 0.0", "-0.1"]),
+    ("ASAGAdvanced", {"end_percent": 1.5}, False, ["end_percent", "<= 1.0", "1.5"]),
+    ("ASAGAdvanced", {"end_percent": math.inf}, False, ["end_percent", "finite number >= 0.0 and <= 1.0"]),
 ]
 
 
