@@ -24,7 +24,14 @@ from .layers import (
     parse_layer_spec,
     resolve_layers,
 )
-from .sinkhorn import COSTS, DEFAULT_MEMORY_BUDGET_BYTES, adversarial_attention, logit_sign, sinkhorn_plan
+from .sinkhorn import (
+    COSTS,
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    MASK_THRESHOLD,
+    adversarial_attention,
+    logit_sign,
+    sinkhorn_plan,
+)
 
 __all__ = [
     "COSTS",
@@ -38,6 +45,7 @@ __all__ = [
     "DiTLayer",
     "LayerCatalog",
     "LayerSpecError",
+    "MASK_THRESHOLD",
     "UNetLayer",
     "adversarial_attention",
     "apply_asag",

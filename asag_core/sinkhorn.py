@@ -41,12 +41,49 @@ count grows, :math:`P / N_q` converges to ``ot.sinkhorn(1/N_q, 1/N_k, M, reg=1/l
 
 Masks
 -----
-A boolean mask (``True`` = attend) or an additive float mask is added to
-:math:`L` (``False`` becomes :math:`-\infty`). Masked pairs get zero mass and
-take no part in either marginal. A query row whose keys are *all* masked has no
-admissible plan; its plan row is defined as all zeros, so its attention output
-is zero (SDPA would return NaN there). A key column masked for every query is
-likewise ignored by the column update.
+A boolean mask (``True`` = attend) or an additive float mask :math:`C` is added
+to :math:`L`. A pair :math:`(i, j)` is *masked* when its boolean mask is
+``False`` or
+
+.. math::
+
+    C_{ij} \le t, \qquad t = \texttt{MASK\_THRESHOLD} = -1000,
+
+and a masked pair enters every path with :math:`C_{ij} = -\infty`. The
+threshold is needed because ComfyUI builds key-padding masks as *finite* large
+negatives, :math:`(m - 1)\cdot\mathrm{finfo(dtype).max}` (Lumina 2,
+HunyuanVideo, LTXV, Cosmos; other code uses :math:`-10^4`). Softmax attention
+cannot tell those from :math:`-\infty`, but Sinkhorn's column update cancels
+any finite offset of a column: if :math:`C_{ij} = c` for every :math:`i`, then
+
+.. math::
+
+    g_j = -\operatorname{logsumexp}_i (L_{ij} + c + f_i) + \log(N_q/N_k)
+        = g_j\big|_{c=0} - c,
+
+so :math:`L_{ij} + c + g_j` does not depend on :math:`c` and the padded key
+gets its full share of mass again after one iteration. Only :math:`-\infty`
+(outside the support of the plan) is left alone. :math:`t = -1000` lies below
+:math:`\log` of the smallest float64 (:math:`\approx -745`), so a bias at or
+below it carries no weight under any softmax anyway; :math:`-\mathrm{finfo}`
+of float16 (:math:`-65504`), bfloat16 and float32 and :math:`-10^4`
+(:math:`-9984` in bfloat16) are all below it, real biases (ALiBi, relative
+position: a few hundred) above.
+
+Masked pairs get zero mass and take no part in either marginal. A query row
+whose keys are *all* masked has no admissible plan; its plan row is defined as
+all zeros, so its attention output is zero (SDPA would return NaN there). A key
+column masked for every query is likewise ignored by the column update.
+
+NaN
+---
+NaN in ``q``, ``k`` or ``v`` reaches the output on every path, as in
+attention (SDPA), also through masked pairs (NaN :math:`+ (-\infty)` is NaN).
+With ``iterations = 0`` the pattern is SDPA's: NaN in :math:`q_i` makes row
+:math:`i` NaN, NaN in any :math:`k_j` the whole head, NaN in :math:`v_{je}` the
+column :math:`e` of the head's output. With ``iterations >= 1`` NaN in
+:math:`q` or :math:`k` makes the whole head NaN: every column potential sums
+over all rows. Rows without an admissible key keep their defined output, zero.
 
 Numerics
 --------
@@ -54,25 +91,26 @@ Everything runs in float32 (or float64 if given) whatever the input dtype, in
 the log domain, so logits of magnitude :math:`10^4` stay finite. The output is
 cast back to the input dtype.
 
-Memory
-------
-The dense path holds :math:`B \cdot H \cdot N_q \cdot N_k` logits (about four
-such temporaries at its peak). When that peak would exceed
-``memory_budget_bytes`` (or when ``chunk_size`` is given) the memory-bounded
-path runs instead; the output is attention with the column potentials
-:math:`g` as an additive key bias: ``softmax_j(L_ij + g_j) @ V`` is exactly
-attention with logits ``L`` and bias ``g``. No full :math:`N_q \times N_k`
-matrix of a head is ever materialised on that path:
+Implementations
+---------------
+:func:`adversarial_attention` validates its inputs, then chooses one of three
+paths that compute the same :math:`PV` (to ~1e-6 in float32):
 
-- on CPU (float32/float64, value dim = head dim) every half-step is one call of
-  PyTorch's fused flash-attention kernel, which returns the row log-sum-exp
-  besides the output: the row update is the lse of ``L + g``, the column update
-  the lse of the transposed problem (keys as queries, ``L^T + f``). That is
-  ``2 * iterations + 1`` kernel calls, each costing about one SDPA call, in
-  O(N) extra memory (a mask is added to the bias ``chunk_size`` rows at a time);
-- elsewhere the potentials come from matmul/log-sum-exp passes over blocks of
-  query rows, and the output from
-  :func:`torch.nn.functional.scaled_dot_product_attention` block by block.
+- dense (this module): the whole (B, H, Nq, Nk) logits, about
+  ``_DENSE_PEAK_TEMPORARIES`` such tensors at its peak; taken when that peak
+  fits ``memory_budget_bytes`` and no ``chunk_size`` is given;
+- fused (:mod:`asag_core.sinkhorn_fused`): on CPU (float32/64, value dim =
+  head dim) each half-step is one call of PyTorch's fused flash-attention
+  kernel, ``2 * iterations + 1`` calls in O(N) extra memory; if the kernel
+  raises, the portable path takes over for the rest of the process;
+- portable (:mod:`asag_core.sinkhorn_chunked`): log-sum-exp passes over blocks
+  of query rows, then SDPA block by block, on any device.
+
+The two memory-bounded paths use the column potentials :math:`g` as an
+additive key bias, :math:`\operatorname{softmax}_j(L_{ij} + g_j)\,V = PV`, and
+never materialise a full :math:`N_q \times N_k` matrix of a head (a mask is
+thresholded ``chunk_size`` rows at a time). Log-domain pieces they share are in
+:mod:`asag_core.sinkhorn_common`.
 
 References
 ----------
@@ -84,20 +122,32 @@ References
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
-import torch.nn.functional as F
+
+from . import sinkhorn_chunked, sinkhorn_fused
+from .sinkhorn_common import (
+    MASK_THRESHOLD,
+    admissible,
+    empty_to_zero,
+    log_ratio,
+    logits_of,
+    mask_bias,
+    zero_masked_rows,
+)
 
 COSTS = ("adversarial", "similarity", "uniform")
 
-#: Dense logits above this many bytes switch to the chunked path.
+#: Dense logits above this many bytes switch to a memory-bounded path.
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
+# the dense path's peak holds about four logits-sized temporaries (logits, logits + g,
+# the lse workspace, the plan), so that is what the budget is compared with
 _DENSE_PEAK_TEMPORARIES = 4
 
 __all__ = [
     "COSTS",
     "DEFAULT_MEMORY_BUDGET_BYTES",
+    "MASK_THRESHOLD",
     "sinkhorn_plan",
     "adversarial_attention",
     "logit_sign",
@@ -147,68 +197,40 @@ def _check_qkv(q, k, v=None) -> None:
             )
 
 
-def _mask_bias(mask, shape, device) -> Optional[torch.Tensor]:
-    """Mask as an additive float32 bias broadcastable to ``shape`` = (B, H, Nq, Nk)."""
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-    # the conventions of ComfyUI's attention functions: (Nq, Nk), (B, Nq, Nk), (B, H, Nq, Nk);
-    # like attention_pytorch, a 3-D mask gets its heads axis at dim 1, not dim 0
-    if mask.ndim == 3:
-        mask = mask.unsqueeze(1)
-    while mask.ndim < 4:
-        mask = mask.unsqueeze(0)
-    if mask.ndim > 4:
-        raise ValueError(f"mask must have at most 4 dims, got shape {tuple(mask.shape)}")
-    try:
-        torch.broadcast_shapes(mask.shape, shape)
-    except RuntimeError:
-        raise ValueError(
-            f"mask of shape {tuple(mask.shape)} does not broadcast to the attention shape {tuple(shape)}"
-        ) from None
-    mask = mask.to(device)
-    if mask.dtype == torch.bool:
-        bias = torch.zeros(mask.shape, dtype=torch.float32, device=device)
-        return bias.masked_fill_(~mask, float("-inf"))
-    return mask.to(torch.float32)
+def _check_attention_args(q, k, v, heads, chunk_size, skip_reshape) -> None:
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"heads must be a positive int, got {heads!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.ndim != (4 if skip_reshape else 3):
+            want = "(batch, heads, tokens, dim)" if skip_reshape else "(batch, tokens, heads*dim)"
+            raise ValueError(f"{name} must be a {want} tensor, got {getattr(t, 'shape', type(t))}")
+
+
+def _work_dtype(x) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 # ---------------------------------------------------------------------------
-# log-domain Sinkhorn
+# the plan, and the dense path
 # ---------------------------------------------------------------------------
-
-def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
-    # A potential is +inf only for a row (or column) with no admissible entry;
-    # zero keeps it out of the arithmetic without changing any admissible mass.
-    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-
-
-def _logits(q, k, scale_sign, lam, bias):
-    scale = scale_sign * float(lam) / math.sqrt(q.shape[-1])
-    if scale == 0.0:
-        logits = q.new_zeros(q.shape[:-1] + (k.shape[-2],))
-    else:
-        logits = torch.matmul(q * scale, k.transpose(-1, -2))
-    if bias is not None:
-        logits = logits + bias
-    return logits
-
 
 def _dense_potential(logits: torch.Tensor, iterations: int) -> torch.Tensor:
-    nq, nk = logits.shape[-2], logits.shape[-1]
-    log_ratio = math.log(nq / nk)
-    g = logits.new_zeros(logits.shape[:-2] + (1, nk))
+    """Column potentials g, (B, H, 1, Nk): ``iterations`` row then column updates."""
+    ratio = log_ratio(logits.shape[-2], logits.shape[-1])
+    g = logits.new_zeros(logits.shape[:-2] + (1, logits.shape[-1]))
     for _ in range(iterations):
-        f = _finite_or_zero(-torch.logsumexp(logits + g, dim=-1, keepdim=True))
-        g = _finite_or_zero(-torch.logsumexp(logits + f, dim=-2, keepdim=True) + log_ratio)
+        f = empty_to_zero(-torch.logsumexp(logits + g, dim=-1, keepdim=True))
+        g = empty_to_zero(-torch.logsumexp(logits + f, dim=-2, keepdim=True) + ratio)
     return g
 
 
-def _row_softmax_zero_safe(x: torch.Tensor) -> torch.Tensor:
-    p = torch.softmax(x, dim=-1)
-    # fully masked rows: softmax of all -inf is NaN; their plan row is defined as zero
-    return torch.nan_to_num(p, nan=0.0)
+def _dense_plan(q, k, scale, bias, iterations) -> torch.Tensor:
+    logits = logits_of(q, k, scale, bias)
+    plan = torch.softmax(logits + _dense_potential(logits, iterations), dim=-1)
+    # softmax of a row of -inf is NaN; such a row's plan is defined as zero
+    return zero_masked_rows(plan, admissible(bias, -1))
 
 
 def sinkhorn_plan(q, k, *, iterations=2, lam=1.0, cost="adversarial", mask=None) -> torch.Tensor:
@@ -224,26 +246,27 @@ def sinkhorn_plan(q, k, *, iterations=2, lam=1.0, cost="adversarial", mask=None)
         cost: ``"adversarial"`` (ASAG), ``"similarity"`` (control) or ``"uniform"``.
         mask: optional bool (True = attend) or additive float mask broadcastable
             to (B, H, Nq, Nk); as in ComfyUI, a 2-D mask is (Nq, Nk) and a 3-D
-            mask is (B, Nq, Nk) (shared by all heads).
+            mask is (B, Nq, Nk) (shared by all heads). Values at or below
+            ``MASK_THRESHOLD`` mask their pair.
 
     Returns:
-        float32 plan (B, H, Nq, Nk); each row sums to 1 (fully masked rows are 0).
-        See the module docstring for the exact definition.
+        float32 plan (B, H, Nq, Nk) (float64 for float64 inputs); each row sums
+        to 1 (fully masked rows are 0). See the module docstring for the exact
+        definition.
     """
     _check_params(iterations, lam, cost)
     _check_qkv(q, k)
-    work = torch.float64 if q.dtype == torch.float64 else torch.float32
-    q32, k32 = q.to(work), k.to(work)
-    shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    bias = _mask_bias(mask, shape, q.device)
-    logits = _logits(q32, k32, logit_sign(cost), lam, bias)
-    logits = logits.expand(shape) if logits.shape != shape else logits
-    g = _dense_potential(logits, iterations)
-    return _row_softmax_zero_safe(logits + g)
+    work = _work_dtype(q)
+    bias = mask_bias(mask, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), q.device, work)
+    return _dense_plan(q.to(work), k.to(work), logit_sign(cost) * float(lam), bias, iterations)
+
+
+def _dense_attention(q, k, v, scale, bias, iterations) -> torch.Tensor:
+    return torch.matmul(_dense_plan(q, k, scale, bias, iterations), v)
 
 
 # ---------------------------------------------------------------------------
-# attention
+# attention: validate, choose a path, call it
 # ---------------------------------------------------------------------------
 
 def _to_heads(x, heads, skip_reshape):
@@ -261,119 +284,19 @@ def _auto_chunk_rows(bh: int, nk: int, budget: int) -> int:
     return max(1, budget // per_row)
 
 
-def _token_expanded(bias, nq, nk):
-    """``bias`` viewed with full token axes (B|1, H|1, Nq, Nk), so row and column slices work."""
-    return None if bias is None else bias.expand(bias.shape[0], bias.shape[1], nq, nk)
-
-
-def _chunked_potential(q, k, scale_sign, lam, bias, iterations, chunk_rows):
-    """Column potentials g, (B, H, 1, Nk), from log-sum-exp passes over query blocks.
-
-    Portable path (any device): one matmul per block and iteration, rows then columns.
-    """
+def _run_path(q, k, v, scale, bias, iterations, chunk_size, budget) -> torch.Tensor:
     b, h, nq, _ = q.shape
     nk = k.shape[2]
-    log_ratio = math.log(nq / nk)
-    g = q.new_zeros((b, h, 1, nk))
-    full_bias = _token_expanded(bias, nq, nk)
-    for _ in range(iterations):
-        col_lse = q.new_full((b, h, 1, nk), float("-inf"))
-        for start in range(0, nq, chunk_rows):
-            stop = min(nq, start + chunk_rows)
-            block_bias = None if full_bias is None else full_bias[:, :, start:stop]
-            logits = _logits(q[:, :, start:stop], k, scale_sign, lam, block_bias)
-            f = _finite_or_zero(-torch.logsumexp(logits + g, dim=-1, keepdim=True))
-            logits.add_(f)
-            col_lse = torch.logaddexp(col_lse, torch.logsumexp(logits, dim=-2, keepdim=True))
-            del logits
-        g = _finite_or_zero(-col_lse + log_ratio)
-    return g
-
-
-# PyTorch's fused CPU flash-attention kernel. Besides the output it returns the
-# row log-sum-exp of the (biased) logits, so one call is one Sinkhorn half-step
-# in O(N) extra memory, at the speed of one SDPA call.
-try:
-    _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-except (AttributeError, RuntimeError):  # pragma: no cover - older PyTorch
-    _FLASH_CPU = None
-
-
-def _flash_cpu_usable(q, v) -> bool:
-    return (
-        _FLASH_CPU is not None
-        and q.device.type == "cpu"
-        and q.dtype in (torch.float32, torch.float64)
-        and v.shape[-1] == q.shape[-1]
-    )
-
-
-def _flash_rows(a, b, value, bias, potential, rows, want_lse):
-    """Fused attention of queries ``a`` over keys ``b`` with logits
-    ``a.b/sqrt(D) + bias + potential`` (potential: (B, H, 1, Nb), or None for 0).
-
-    Returns ``(output, lse)``: output (B, H, Na, Dv) (None unless ``value`` is
-    given) and the row log-sum-exp (B, H, Na, 1) (None unless ``want_lse``).
-    Without a bias the potential goes in as a broadcast view; with one, the
-    biased mask is built for ``rows`` rows of ``a`` at a time.
-    """
-    bb, hh, na, _ = a.shape
-    nb = b.shape[2]
-    v = b if value is None else value  # the kernel needs a value; unused when only the lse is wanted
-    out = None if value is None else a.new_empty((bb, hh, na, v.shape[-1]))
-    lse = a.new_empty((bb, hh, na, 1)) if want_lse else None
-    step = na if bias is None else rows
-    for start in range(0, na, step):
-        stop = min(na, start + step)
-        if bias is None:
-            mask = None if potential is None else potential.expand(bb, hh, stop - start, nb)
-        else:
-            block = bias[:, :, start:stop]
-            mask = (block if potential is None else block + potential).expand(bb, hh, stop - start, nb)
-        o, row_lse = _FLASH_CPU(a[:, :, start:stop], b, v, attn_mask=mask)
-        if out is not None:
-            out[:, :, start:stop] = o
-        if lse is not None:
-            lse[:, :, start:stop] = row_lse.unsqueeze(-1)
-    return out, lse
-
-
-def _flash_potential(qs, k, bias, iterations, rows, row_ok, col_ok):
-    """Column potentials g, (B, H, 1, Nk), with two fused kernel calls per iteration.
-
-    ``qs`` carries the sign and lam of the logits; ``bias`` has full token axes.
-    The row update is a row lse of L + g; the column update is the row lse of the
-    transposed problem (keys as queries, L^T + f). Rows/columns without any
-    admissible entry get potential 0, as on the dense path.
-    """
-    b, h, nq, _ = qs.shape
-    nk = k.shape[2]
-    log_ratio = math.log(nq / nk)
-    bias_t = None if bias is None else bias.transpose(-1, -2)
-    g = None  # identically zero
-    for _ in range(iterations):
-        _, lse = _flash_rows(qs, k, None, bias, g, rows, True)
-        f = _finite_or_zero(-lse)
-        if row_ok is not None:
-            f = torch.where(row_ok, f, torch.zeros_like(f))
-        _, lse = _flash_rows(k, qs, None, bias_t, f.transpose(-1, -2), rows, True)
-        g = _finite_or_zero(-lse + log_ratio).transpose(-1, -2)
-        if col_ok is not None:
-            g = torch.where(col_ok, g, torch.zeros_like(g))
-    return g
-
-
-def _admissible(bias, dim) -> Optional[torch.Tensor]:
-    """bool, reduced over ``dim`` (keepdim): lines with at least one admissible entry; None if all have one."""
-    if bias is None:
-        return None
-    admissible = (bias > float("-inf")).any(dim=dim, keepdim=True)
-    return None if bool(admissible.all()) else admissible
-
-
-def _row_has_key(bias, shape) -> Optional[torch.Tensor]:
-    """(B, H|1, Nq, 1) bool: rows with at least one admissible key; None if all rows have one."""
-    return _admissible(bias, -1)
+    if chunk_size is None and _DENSE_PEAK_TEMPORARIES * b * h * nq * nk * 4 <= budget:
+        return _dense_attention(q, k, v, scale, bias, iterations)
+    if sinkhorn_fused.usable(q, v):
+        rows = chunk_size or _auto_chunk_rows(b * h, max(nq, nk), budget)
+        try:
+            return sinkhorn_fused.attention(q, k, v, scale, bias, iterations, rows)
+        except sinkhorn_fused.KernelFailed as err:
+            sinkhorn_fused.disable(err)
+    rows = chunk_size or _auto_chunk_rows(b * h, nk, budget)
+    return sinkhorn_chunked.attention(q, k, v, scale, bias, iterations, rows)
 
 
 def adversarial_attention(
@@ -396,71 +319,21 @@ def adversarial_attention(
     A drop-in for ComfyUI's ``optimized_attention``: q, k, v are (B, N, H*D)
     unless ``skip_reshape`` (then (B, H, N, D)); the output is (B, Nq, H*D)
     unless ``skip_output_reshape`` (then (B, H, Nq, D)). Computation is float32
-    and the result has the dtype of ``q``.
+    (float64 for float64 inputs) and the result has the dtype of ``q``.
 
-    ``chunk_size`` (query rows per block) forces the memory-bounded path; by
-    default it is taken when the dense logits would exceed
-    ``memory_budget_bytes``. Both paths agree to ~1e-6 in float32.
+    ``chunk_size`` (query rows per block) forces a memory-bounded path; by
+    default one is taken when the dense path's peak would exceed
+    ``memory_budget_bytes``. All paths agree to ~1e-6 in float32.
     Fully masked query rows give zero output.
     """
     _check_params(iterations, lam, cost)
-    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"heads must be a positive int, got {heads!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.ndim != (4 if skip_reshape else 3):
-            want = "(batch, heads, tokens, dim)" if skip_reshape else "(batch, tokens, heads*dim)"
-            raise ValueError(f"{name} must be a {want} tensor, got {getattr(t, 'shape', type(t))}")
-
-    out_dtype = q.dtype
-    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    _check_attention_args(q, k, v, heads, chunk_size, skip_reshape)
+    work = _work_dtype(q)
     qh, kh, vh = (_to_heads(t, heads, skip_reshape).to(work) for t in (q, k, v))
     _check_qkv(qh, kh, vh)
     b, h, nq, _ = qh.shape
-    nk = kh.shape[2]
-    shape = (b, h, nq, nk)
-    bias = _mask_bias(mask, shape, q.device)
-    sign = logit_sign(cost)
+    bias = mask_bias(mask, (b, h, nq, kh.shape[2]), q.device, work)
 
-    if (sign == 0.0 or float(lam) == 0.0) and bias is None:
-        # uniform plan: every query takes the mean of V over keys
-        out = vh.mean(dim=2, keepdim=True).expand(b, h, nq, vh.shape[-1])
-    else:
-        # the dense path's peak holds about four logits-sized temporaries (logits, logits + g,
-        # the lse workspace, the plan), so that is what the budget is compared with
-        dense_peak_bytes = _DENSE_PEAK_TEMPORARIES * b * h * nq * nk * 4
-        if chunk_size is None and dense_peak_bytes <= memory_budget_bytes:
-            logits = _logits(qh, kh, sign, lam, bias)
-            logits = logits.expand(shape) if logits.shape != shape else logits
-            g = _dense_potential(logits, iterations)
-            out = torch.matmul(_row_softmax_zero_safe(logits + g), vh)
-        else:
-            # SDPA applies its own 1/sqrt(D) scale to q.k; fold the sign and lam into q
-            q_scaled = qh * (sign * float(lam))
-            # on the mask as given (before expanding its token axes): (.., Nq|1, 1) and (.., 1, Nk|1)
-            has_key, col_has_query = _row_has_key(bias, shape), _admissible(bias, -2)
-            if bias is not None:
-                bias = _token_expanded(bias.to(work), nq, nk)
-            if _flash_cpu_usable(qh, vh):
-                rows = chunk_size or _auto_chunk_rows(b * h, max(nq, nk), memory_budget_bytes)
-                g = _flash_potential(q_scaled, kh, bias, iterations, rows, has_key, col_has_query)
-                out, _ = _flash_rows(q_scaled, kh, vh, bias, g, rows, False)
-            else:
-                rows = chunk_size or _auto_chunk_rows(b * h, nk, memory_budget_bytes)
-                g = _chunked_potential(qh, kh, sign, lam, bias, iterations, rows)
-                out = qh.new_empty((b, h, nq, vh.shape[-1]))
-                for start in range(0, nq, rows):
-                    stop = min(nq, start + rows)
-                    # the biased mask of one block of rows at a time: never a full (Nq, Nk) tensor
-                    block = g if bias is None else bias[:, :, start:stop] + g
-                    out[:, :, start:stop] = F.scaled_dot_product_attention(
-                        q_scaled[:, :, start:stop], kh, vh, attn_mask=block.expand(b, h, stop - start, nk)
-                    )
-            if has_key is not None:
-                out = torch.where(has_key, out, torch.zeros_like(out))
-
-    out = out.to(out_dtype)
-    if not skip_output_reshape:
-        out = out.transpose(1, 2).reshape(b, nq, -1)
-    return out
+    out = _run_path(qh, kh, vh, logit_sign(cost) * float(lam), bias, iterations, chunk_size, memory_budget_bytes)
+    out = zero_masked_rows(out, admissible(bias, -1)).to(q.dtype)
+    return out if skip_output_reshape else out.transpose(1, 2).reshape(b, nq, -1)

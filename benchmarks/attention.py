@@ -134,7 +134,9 @@ def _make_call(method, q, k, v, heads, iterations=ITERATIONS):
         return lambda: sk.adversarial_attention(q, k, v, heads, memory_budget_bytes=1 << 62, **kw)
     if method in ("chunked", "portable"):
         if method == "portable":
-            sk._FLASH_CPU = None
+            import asag_core.sinkhorn_fused as fused
+
+            fused._FLASH_CPU = None
         rows = sk._auto_chunk_rows(q.shape[0] * heads, n, sk.DEFAULT_MEMORY_BUDGET_BYTES)
         return lambda: sk.adversarial_attention(q, k, v, heads, chunk_size=rows, **kw)
     raise ValueError(f"unknown method {method!r}")

@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import asag_core.sinkhorn as sk
+import asag_core.sinkhorn_chunked as chunked
+import asag_core.sinkhorn_fused as fused
 from asag_core import adversarial_attention, sinkhorn_plan
 from asag_core.sinkhorn import COSTS
 
@@ -53,8 +55,8 @@ def _attn(q, k, v, **kw):
 def chunked_impl(request, monkeypatch):
     """Runs a test with each implementation of the memory-bounded path."""
     if request.param == "portable":
-        monkeypatch.setattr(sk, "_FLASH_CPU", None, raising=False)
-    elif getattr(sk, "_FLASH_CPU", None) is None:
+        monkeypatch.setattr(fused, "_FLASH_CPU", None)
+    elif fused._FLASH_CPU is None:
         pytest.skip("this PyTorch has no CPU flash-attention kernel")
     return request.param
 
@@ -228,12 +230,12 @@ def test_auto_path_switches_on_the_memory_budget(monkeypatch):
 
 
 def test_cpu_takes_the_fused_kernel_path(monkeypatch):
-    if getattr(sk, "_FLASH_CPU", None) is None:
+    if fused._FLASH_CPU is None:
         pytest.skip("this PyTorch has no CPU flash-attention kernel")
     calls = []
-    kernel = sk._FLASH_CPU
-    monkeypatch.setattr(sk, "_FLASH_CPU", lambda *a, **kw: calls.append(a[0].shape) or kernel(*a, **kw))
-    monkeypatch.setattr(sk, "_chunked_potential", None)  # the portable path would fail
+    kernel = fused._FLASH_CPU
+    monkeypatch.setattr(fused, "_FLASH_CPU", lambda *a, **kw: calls.append(a[0].shape) or kernel(*a, **kw))
+    monkeypatch.setattr(chunked, "attention", None)  # the portable path would fail
     q, k, v = _qkv(1, 2, 8, 6, 4, seed=30)
     _attn(q, k, v, iterations=2, chunk_size=3)
     assert len(calls) == 5  # 2 x (row pass + column pass) + output

@@ -1,0 +1,111 @@
+r"""Log-domain pieces shared by the three implementations of the ASAG attention.
+
+The definitions (logits, potentials, masks, NaN) are in the docstring of
+:mod:`asag_core.sinkhorn`; this module holds what the dense path
+(:mod:`asag_core.sinkhorn`), the fused CPU path (:mod:`asag_core.sinkhorn_fused`)
+and the portable chunked path (:mod:`asag_core.sinkhorn_chunked`) all compute the
+same way:
+
+- the additive bias of a mask, and where a pair counts as masked: its bias is at
+  or below :data:`MASK_THRESHOLD` (set to :math:`-\infty` before any
+  exponential is taken, one block of rows at a time on the bounded paths);
+- the logits :math:`L = s\lambda\, QK^\top/\sqrt{D} + \text{bias}`;
+- potentials of empty lines: a row (column) whose pairs are all masked has
+  :math:`f_i = +\infty` (:math:`g_j = +\infty`); it is set to 0, which changes
+  no admissible mass. NaN is never replaced: it reaches the output.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+#: An additive mask value at or below this marks a masked pair (zero plan mass),
+#: exactly like ``-inf`` or ``False``. See "Masks" in :mod:`asag_core.sinkhorn`.
+MASK_THRESHOLD = -1000.0
+
+
+def mask_bias(mask, shape, device, dtype) -> Optional[torch.Tensor]:
+    """``mask`` as an additive bias of ``dtype`` broadcastable to ``shape`` = (B, H, Nq, Nk).
+
+    Boolean masks become 0 / -inf. Float masks are converted, not thresholded:
+    :func:`masked_bias` does that on the block about to be used, so a bounded path
+    never holds a thresholded copy of a full (Nq, Nk) mask.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+    # the conventions of ComfyUI's attention functions: (Nq, Nk), (B, Nq, Nk), (B, H, Nq, Nk);
+    # like attention_pytorch, a 3-D mask gets its heads axis at dim 1, not dim 0
+    if mask.ndim == 3:
+        mask = mask.unsqueeze(1)
+    while mask.ndim < 4:
+        mask = mask.unsqueeze(0)
+    if mask.ndim > 4:
+        raise ValueError(f"mask must have at most 4 dims, got shape {tuple(mask.shape)}")
+    try:
+        torch.broadcast_shapes(mask.shape, shape)
+    except RuntimeError:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to the attention shape {tuple(shape)}"
+        ) from None
+    mask = mask.to(device)
+    if mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=dtype, device=device)
+        return bias.masked_fill_(~mask, float("-inf"))
+    return mask.to(dtype)
+
+
+def masked_bias(bias: torch.Tensor, potential: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``bias + potential`` with every pair whose bias is at or below :data:`MASK_THRESHOLD` at -inf.
+
+    A new tensor of the broadcast shape; ``bias`` is left alone. NaN in ``bias``
+    is not a masked pair (NaN <= t is false), so it stays NaN.
+    """
+    masked = bias <= MASK_THRESHOLD
+    if potential is None:
+        return bias.masked_fill(masked, float("-inf"))
+    return (bias + potential).masked_fill_(masked, float("-inf"))
+
+
+def admissible(bias: Optional[torch.Tensor], dim: int) -> Optional[torch.Tensor]:
+    """bool, reduced over ``dim`` (keepdim): lines with at least one unmasked pair; None if all have one."""
+    if bias is None:
+        return None
+    has_pair = (~(bias <= MASK_THRESHOLD)).any(dim=dim, keepdim=True)
+    return None if bool(has_pair.all()) else has_pair
+
+
+def logits_of(q, k, scale: float, bias=None) -> torch.Tensor:
+    r""":math:`\text{scale}\cdot QK^\top/\sqrt{D}` plus the masked bias.
+
+    ``scale`` is :math:`s\lambda` (0 for the uniform plan: the product is still
+    taken, so NaN in q or k reaches the logits as it would in attention).
+    """
+    out = torch.matmul(q * (scale / math.sqrt(q.shape[-1])), k.transpose(-1, -2))
+    if bias is not None:
+        out.add_(masked_bias(bias))  # q and k have full token axes, so out has the broadcast shape
+    return out
+
+
+def empty_to_zero(potential: torch.Tensor) -> torch.Tensor:
+    """A potential with its +inf entries (lines without any admissible pair) set to 0; NaN stays NaN."""
+    return potential.masked_fill(potential == float("inf"), 0.0)
+
+
+def zero_masked_rows(x: torch.Tensor, row_ok: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x`` (B, H, Nq, ·) with the rows that have no admissible key set to 0 (their defined output)."""
+    return x if row_ok is None else torch.where(row_ok, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def token_expanded(bias, nq: int, nk: int):
+    """``bias`` viewed with full token axes (B|1, H|1, Nq, Nk), so row and column slices work."""
+    return None if bias is None else bias.expand(bias.shape[0], bias.shape[1], nq, nk)
+
+
+def log_ratio(nq: int, nk: int) -> float:
+    r""":math:`\log(N_q/N_k)`: the column marginal of the row-stochastic plan, in the log domain."""
+    return math.log(nq / nk)

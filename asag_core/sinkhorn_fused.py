@@ -1,0 +1,152 @@
+r"""The memory-bounded ASAG attention on CPU, one fused flash-attention call per half-step.
+
+PyTorch's CPU flash-attention kernel
+(``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu``) computes, for
+queries :math:`A`, keys :math:`B`, values :math:`V` and an additive mask
+:math:`C`,
+
+.. math::
+
+    O = \operatorname{softmax}_j\!\left(AB^\top/\sqrt{D} + C\right) V,
+    \qquad
+    \ell_i = \operatorname{logsumexp}_j \left(AB^\top/\sqrt{D} + C\right)_{ij},
+
+in :math:`O(N)` extra memory, and returns :math:`\ell` besides :math:`O`. With
+:math:`A = s\lambda Q` (the sign and :math:`\lambda` folded into the queries,
+the kernel applies :math:`1/\sqrt{D}` itself) one Sinkhorn iteration of
+:mod:`asag_core.sinkhorn` is two such calls:
+
+.. math::
+
+    f &= -\ell\bigl(A, K;\ \text{bias} + g\bigr)
+        &&\text{(row update: keys K, the column potential as a key bias)}\\
+    g &= -\ell\bigl(K, A;\ \text{bias}^\top + f^\top\bigr) + \log(N_q/N_k)
+        &&\text{(column update: the transposed problem, keys as queries)}
+
+and the output is one more call, :math:`O(A, K, V;\ \text{bias} + g)`:
+attention with logits :math:`L` and the key bias :math:`g` is exactly
+:math:`\operatorname{softmax}_j(L_{ij} + g_j)\,V = P V`. That is
+``2 * iterations + 1`` kernel calls, each about the cost of one SDPA call.
+
+Masks. Without a mask the potential goes in as a broadcast view. With one, the
+kernel's mask :math:`C` = bias + potential is built ``rows`` rows at a time,
+pairs at or below :data:`~asag_core.sinkhorn_common.MASK_THRESHOLD` set to
+:math:`-\infty` on that block only, so no (Nq, Nk) tensor of a head is
+materialised beyond the caller's own mask. The kernel returns
+:math:`\ell = 0` (not :math:`-\infty`) for a row whose keys are all masked, so
+the lines without any admissible pair get potential 0 explicitly, as on the
+dense path.
+
+The kernel is a private op. If a call of it raises, :class:`KernelFailed` is
+raised; :func:`asag_core.sinkhorn.adversarial_attention` then calls
+:func:`disable` and runs the portable path (:mod:`asag_core.sinkhorn_chunked`)
+from then on.
+
+References: T. Dao et al., "FlashAttention", NeurIPS 2022 (the online
+log-sum-exp); the iteration itself as in :mod:`asag_core.sinkhorn`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .sinkhorn_common import admissible, empty_to_zero, log_ratio, masked_bias, token_expanded
+
+_LOG = logging.getLogger(__name__)
+
+try:
+    _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+except (AttributeError, RuntimeError):  # pragma: no cover - older PyTorch
+    _FLASH_CPU = None
+
+
+class KernelFailed(RuntimeError):
+    """The fused CPU kernel raised; the caller should fall back to the portable path."""
+
+
+def usable(q, v) -> bool:
+    """Whether this path can run: the kernel exists (and has not failed), CPU, float32/64, Dv = D."""
+    return (
+        _FLASH_CPU is not None
+        and q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and v.shape[-1] == q.shape[-1]
+    )
+
+
+def disable(error: BaseException) -> None:
+    """Stop using the kernel for the rest of the process (it raised ``error``)."""
+    global _FLASH_CPU
+    if _FLASH_CPU is not None:
+        _LOG.warning("ASAG: the fused CPU attention kernel failed (%s); using the portable path from now on", error)
+    _FLASH_CPU = None
+
+
+def _kernel(a, b, value, mask):
+    try:
+        return _FLASH_CPU(a, b, value, attn_mask=mask)
+    except RuntimeError as err:
+        raise KernelFailed(str(err)) from err
+
+
+def _flash_rows(a, b, value, bias, potential, rows, want_lse):
+    """Fused attention of queries ``a`` over keys ``b`` with logits
+    ``a.b/sqrt(D) + bias + potential`` (potential: (B, H, 1, Nb), or None for 0).
+
+    Returns ``(output, lse)``: output (B, H, Na, Dv) (None unless ``value`` is
+    given) and the row log-sum-exp (B, H, Na, 1) (None unless ``want_lse``).
+    """
+    bb, hh, na, _ = a.shape
+    nb = b.shape[2]
+    v = b if value is None else value  # the kernel needs a value; unused when only the lse is wanted
+    out = None if value is None else a.new_empty((bb, hh, na, v.shape[-1]))
+    lse = a.new_empty((bb, hh, na, 1)) if want_lse else None
+    step = na if bias is None else rows
+    for start in range(0, na, step):
+        stop = min(na, start + step)
+        if bias is None:
+            mask = None if potential is None else potential.expand(bb, hh, stop - start, nb)
+        else:
+            mask = masked_bias(bias[:, :, start:stop], potential).expand(bb, hh, stop - start, nb)
+        o, row_lse = _kernel(a[:, :, start:stop], b, v, mask)
+        if out is not None:
+            out[:, :, start:stop] = o
+        if lse is not None:
+            lse[:, :, start:stop] = row_lse.unsqueeze(-1)
+    return out, lse
+
+
+def _keep(potential, ok):
+    return potential if ok is None else torch.where(ok, potential, torch.zeros_like(potential))
+
+
+def _potential(a, k, bias, iterations, rows, row_ok, col_ok):
+    """Column potentials g, (B, H, 1, Nk), or None for g = 0 (no iteration)."""
+    bias_t = None if bias is None else bias.transpose(-1, -2)
+    ratio = log_ratio(a.shape[2], k.shape[2])
+    g = None
+    for _ in range(iterations):
+        _, lse = _flash_rows(a, k, None, bias, g, rows, True)
+        f = _keep(empty_to_zero(-lse), row_ok)
+        _, lse = _flash_rows(k, a, None, bias_t, f.transpose(-1, -2), rows, True)
+        g = _keep(empty_to_zero(-lse + ratio).transpose(-1, -2), col_ok)
+    return g
+
+
+def attention(q, k, v, scale, bias, iterations, rows):
+    """``P V`` for the plan P of :mod:`asag_core.sinkhorn`, (B, H, Nq, Dv), in O(rows * N) extra memory.
+
+    ``q``, ``k``, ``v`` (B, H, N, D) in the work dtype; ``scale`` = sign * lam;
+    ``bias`` the additive mask (broadcastable, unthresholded) or None. Rows
+    without an admissible key are left to the caller to zero. Raises
+    :class:`KernelFailed` if the kernel raises.
+    """
+    nq, nk = q.shape[2], k.shape[2]
+    row_ok, col_ok = admissible(bias, -1), admissible(bias, -2)  # on the mask as given: (.., Nq|1, 1), (.., 1, Nk|1)
+    bias = token_expanded(bias, nq, nk)
+    a = q * scale  # the kernel applies 1/sqrt(D) to a.b itself
+    g = _potential(a, k, bias, iterations, rows, row_ok, col_ok)
+    out, _ = _flash_rows(a, k, v, bias, g, rows, False)
+    return out
