@@ -15,12 +15,11 @@ from ..asag_core import (
     GRAMMAR_HELP,
     RESCALE_MODES,
     ASAGSettings,
-    apply_asag,
     resolve_layers,
 )
-from .attention_patch import ASAGPlan, adversarial_call, adversarial_prediction, copy_plan
+from .attention_patch import ASAGPlan, copy_plan
+from .guidance_step import CALC_COND_BATCH, ASAGStep, carried_step, install
 from .model_layers import family_name, layer_catalog
-from .shared_prefix import with_shared_prefix
 
 CATEGORY = "model_patches/asag"
 
@@ -42,47 +41,26 @@ def make_plan(model, settings: ASAGSettings) -> ASAGPlan:
                     sigma_start=float(sigma_start), sigma_end=float(sigma_end))
 
 
-def _post_cfg_function(plan: ASAGPlan):
-    def asag_post_cfg(args):
-        cfg_result = args["denoised"]
-        cond = args["cond"]
-        sigma = args["sigma"]
-        if cond is None or not plan.active_at(float(sigma.max())):
-            return cfg_result
-        adversarial = adversarial_prediction(
-            args["model"], cond, args["input"], sigma, args["model_options"], plan
-        )
-        return apply_asag(cfg_result, args["cond_denoised"], adversarial, plan.settings)
-
-    # ASAGGuider finds the plan here, and removes this function so ASAG is not applied twice
-    asag_post_cfg.asag_plan = plan
-    return asag_post_cfg
-
-
 def patch_model(model, settings: ASAGSettings):
     """A clone of ``model`` carrying ASAG; the input is never touched. Scale 0 returns a
-    plain clone, so sampling equals the unpatched model exactly."""
-    plan = make_plan(model, settings)
+    plain clone, so sampling equals the unpatched model exactly.
+
+    The post-CFG function adds the term; the batched call (fast path) is claimed only if no
+    other node holds ``sampler_calc_cond_batch_function`` (else the separate pass runs)."""
+    step = ASAGStep(make_plan(model, settings))
     patched = model.clone()
     if settings.scale == 0:
         return patched
-    patched.set_model_sampler_post_cfg_function(_post_cfg_function(plan))
+    patched.set_model_sampler_post_cfg_function(step.post_cfg_function)
+    if CALC_COND_BATCH not in patched.model_options:
+        patched.set_model_sampler_calc_cond_batch_function(step.calc_cond_batch_function)
     return patched
 
 
 def carried_plan(model_options):
     """The ASAG plan a model patched by ASAG/ASAGAdvanced carries (the last one), else None."""
-    plans = [getattr(fn, "asag_plan", None) for fn in model_options.get("sampler_post_cfg_function", [])]
-    plans = [p for p in plans if p is not None]
-    return plans[-1] if plans else None
-
-
-def without_asag_post_cfg(model_options):
-    options = dict(model_options)
-    options["sampler_post_cfg_function"] = [
-        fn for fn in model_options.get("sampler_post_cfg_function", []) if not hasattr(fn, "asag_plan")
-    ]
-    return options
+    step = carried_step(model_options)
+    return None if step is None else step.plan
 
 
 def _scale_input():
@@ -174,41 +152,23 @@ class ASAGAdvanced(io.ComfyNode):
 
 
 class ASAGCFGGuider(comfy.samplers.CFGGuider):
-    """CFG + ASAG with cond, uncond and the adversarial branch in one batched model call."""
-
-    #: compute the adversarial rows' prefix (everything before the first perturbed layer)
-    #: once, shared with the conditional rows (see shared_prefix.py); False = plain batching
-    share_prefix = True
+    """CFGGuider with ASAG: ComfyUI's own sampling_function, with the ASAG step's functions in
+    the model_options (cond, uncond and the adversarial rows in one batched call when the slot
+    is free). Other nodes' pre-CFG, post-CFG and batch functions run as under CFGGuider."""
 
     def __init__(self, model_patcher, plan: ASAGPlan):
         super().__init__(model_patcher)
-        self.plan = plan
+        self.step = ASAGStep(plan)
+
+    @property
+    def plan(self) -> ASAGPlan:
+        return self.step.plan
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
-        options = without_asag_post_cfg(model_options)
-        positive = self.conds.get("positive")
-        negative = self.conds.get("negative")
-        settings = self.plan.settings
-        if positive is None or not self.plan.active_at(float(timestep.max())):
-            return comfy.samplers.sampling_function(
-                self.inner_model, x, timestep, negative, positive, self.cfg, model_options=options, seed=seed
-            )
-        skip_uncond = abs(self.cfg - 1.0) < 1e-9 and not options.get("disable_cfg1_optimization", False)
-        uncond = None if skip_uncond else negative
-        with adversarial_call(self.inner_model, options, self.plan, slots=(2,)) as adv_options:
-            if self.share_prefix:
-                adv_options = with_shared_prefix(adv_options, self.plan, adversarial_slots=(2,), cond_slot=0)
-            cond_pred, uncond_pred, adv_pred = comfy.samplers.calc_cond_batch(
-                self.inner_model, [positive, uncond, positive], x, timestep, adv_options
-            )
-        out = [cond_pred, uncond_pred]
-        for fn in options.get("sampler_pre_cfg_function", []):
-            out = fn({"conds": [positive, uncond], "conds_out": out, "cond_scale": self.cfg, "timestep": timestep,
-                      "input": x, "sigma": timestep, "model": self.inner_model, "model_options": options})
-        cfg_result = comfy.samplers.cfg_function(
-            self.inner_model, out[0], out[1], self.cfg, x, timestep, model_options=options, cond=positive, uncond=uncond
+        return comfy.samplers.sampling_function(
+            self.inner_model, x, timestep, self.conds.get("negative"), self.conds.get("positive"), self.cfg,
+            model_options=install(model_options, self.step), seed=seed,
         )
-        return apply_asag(cfg_result, cond_pred, adv_pred, settings)
 
 
 class ASAGGuider(io.ComfyNode):

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from ..asag_core import LayerCatalog
+from ..asag_core import DiTLayer, LayerCatalog
 
 # Attribute names of the block stacks of ComfyUI's DiTs: the main (double/joint) stack
 # first, then Flux-style single stacks. Numbering matches patches_replace["dit"] keys
@@ -82,3 +82,40 @@ def layer_catalog(model_patcher) -> LayerCatalog:
     if n_single:
         dit["single"] = n_single
     return LayerCatalog(family, dit=dit)
+
+
+def unet_transformer_block(diffusion_model, layer):
+    """The BasicTransformerBlock of a U-Net layer (part, block id, transformer index)."""
+    for name, module in diffusion_model.named_modules():
+        m = _UNET_BLOCK_RE.match(name)
+        if not m:
+            continue
+        part = _UNET_PARTS[m.group(1) or m.group(3)]
+        block_id = 0 if part == "middle" else int(m.group(2))
+        if (part, block_id, int(m.group(4))) == layer.patch_key:
+            return module
+    raise LookupError(f"no transformer block {layer.patch_key} in this U-Net")
+
+
+def layer_module(diffusion_model, layer):
+    """The module whose forward runs the self-attention ``layer`` names (U-Net or DiT)."""
+    if isinstance(layer, DiTLayer):
+        return dit_block(diffusion_model, layer.stack, layer.index)
+    return unet_transformer_block(diffusion_model, layer)
+
+
+def _is_cross_attention(name: str, module) -> bool:
+    # ComfyUI's DiTs name their text cross-attention cross_attn (Wan, Cosmos, PixArt, ACE) or
+    # attn2 built from a CrossAttention class (LTXV, HunyuanDiT); SD3.5's attn2 is an image-only
+    # SelfAttention and LTXV's attn1 a CrossAttention class used for self-attention.
+    last = name.rsplit(".", 1)[-1].lower()
+    return last.startswith("cross") or (last == "attn2" and "CrossAttention" in type(module).__name__)
+
+
+def cross_attention_modules(block) -> list:
+    """The outermost cross-attention modules inside a DiT block (their keys are a text context)."""
+    found = []
+    for name, module in block.named_modules():
+        if name and _is_cross_attention(name, module) and not any(name.startswith(f + ".") for f, _ in found):
+            found.append((name, module))
+    return [module for _, module in found]

@@ -1,6 +1,7 @@
 """Computing the adversarial branch's shared prefix once.
 
-In ASAGGuider's batched model call the adversarial rows are exact copies of the
+In the batched model call of the fast path (``guidance_step.py``: the ASAG node and
+ASAGGuider alike) the adversarial rows are exact copies of the
 conditional rows (same latent, sigma and conditioning) up to the first perturbed
 self-attention layer: everything before it computes the same numbers twice.
 This module makes that prefix run once.
@@ -14,8 +15,8 @@ first perturbed layer gets two temporary hooks:
 
 * a forward *pre*-hook that hands the module only the rows that are not
   shared-adversarial (every tensor argument whose leading dim is the call's
-  batch is narrowed; ``transformer_options["cond_or_uncond"]`` and ``["uuids"]``
-  are narrowed to match while the module runs, so patches inside it that split
+  batch is narrowed; ``transformer_options["cond_or_uncond"]``, ``["uuids"]`` and the
+  pack's row tags are narrowed to match while the module runs, so patches inside it that split
   the batch by cond see a consistent picture), and
 * a forward hook that rebuilds the full batch from the module's output, the
   adversarial rows filled in as copies of their conditional partner's rows.
@@ -40,34 +41,36 @@ When rows are *not* shared (the call runs unchanged for them)
 -------------------------------------------------------------
 * calc_cond_batch put an adversarial chunk in a different model call than its
   conditional partner (memory-based splitting, area conds): the partner is
-  matched by slot and cond uuid inside one call only.
+  matched by its cond uuid (``adversarial_rows``) inside one call only.
 * The adversarial and conditional rows of the model inputs are not bit-equal
   (something upstream, e.g. a ``model_function_wrapper``, changed one of them).
 * The model runs under ``torch.compile`` (hooks would force recompiles).
 
-Only ASAGGuider shares. The ASAG node is a post-CFG function: its adversarial pass is a
-separate model call holding only the adversarial rows, so there is no conditional row in it
-to share with. Batching it into the cond/uncond call would need either
-``sampler_calc_cond_batch_function`` (a single slot that e.g. SkipLayerGuidance also sets:
-the last node applied would silently win) or a CALC_COND_BATCH wrapper that guesses which
-calc_cond_batch call is the step's main one (PAG, SAG and other post-CFG nodes make their
-own calls); neither composes safely, so the node stays a separate pass, like PAG.
+A separate adversarial pass (the slot is held by another node) holds no conditional rows,
+so nothing is shared there.
+
+The hooks act only in the context (thread) of the call that registered them.
 
 Assumption: every prefix module is row-independent (true of convolutions,
-group/layer norms, linear layers and attention in eval mode). A third-party
-patch *inside* the prefix that treats ``cond_or_uncond`` slot 2 differently from
-slot 0 would see the adversarial rows as the conditional rows they equal.
+group/layer norms, linear layers and attention in eval mode). Patches inside the prefix
+see the adversarial rows as the conditional rows they equal (slot 0, see
+``adversarial_rows.py``), so sharing changes nothing they can tell.
 """
 
 from __future__ import annotations
 
+import contextvars
 import weakref
 
 import comfy.patcher_extension
 import torch
 
 from ..asag_core import DiTLayer, UNetLayer
+from . import adversarial_rows as rows
 from .model_layers import dit_block
+
+# The hooks of the shared call running in this context; hooks of another thread's call stay idle.
+_ACTIVE_HOOKS = contextvars.ContextVar("asag_shared_prefix_hooks", default=None)
 
 WRAPPER_KEY = "asag_shared_prefix"
 _TORCH_COMPILE_KWARGS = "torch_compile_kwargs"  # comfy_api.torch_helpers.torch_compile.TORCH_COMPILE_KWARGS
@@ -180,39 +183,38 @@ class Fork:
     adversarial row points at its conditional partner's).
     """
 
-    def __init__(self, batch, keep, gather, order, uuids):
+    def __init__(self, batch, keep, gather, narrowed_lists):
         self.batch = batch
         self.narrow_batch = len(keep)
         self.keep = torch.tensor(keep, dtype=torch.long)
         self.gather = torch.tensor(gather, dtype=torch.long)
         contiguous = keep == list(range(keep[0], keep[0] + len(keep)))
         self.keep_range = (keep[0], len(keep)) if contiguous else None
-        self.order = order
-        self.uuids = uuids
+        #: the per-chunk lists of transformer_options (cond_or_uncond, uuids, the pack's tags) cut to ``keep``
+        self.narrowed_lists = narrowed_lists
         self.shared_rows = batch - len(keep)
 
 
-def plan_fork(batch, transformer_options, adversarial_slots, cond_slot, inputs) -> Fork | None:
-    """Pair each adversarial chunk of this call with its conditional chunk (same cond uuid,
-    equal inputs); None if no chunk can be shared."""
+def plan_fork(batch, transformer_options, inputs) -> Fork | None:
+    """Pair each adversarial chunk of this call (tagged by ``adversarial_rows``) with the
+    conditional chunk it copies (same cond uuid, equal inputs); None if none can be shared."""
     order = list(transformer_options.get("cond_or_uncond") or [])
     uuids = list(transformer_options.get("uuids") or [])
-    if len(order) < 2 or len(uuids) != len(order) or batch % len(order):
+    partners = list(transformer_options.get(rows.ADVERSARIAL_ROWS) or [])
+    if len(order) < 2 or len(uuids) != len(order) or len(partners) != len(order) or batch % len(order):
         return None
     per = batch // len(order)
     partner = {}
-    used = set()
-    for o, slot in enumerate(order):
-        if slot not in adversarial_slots:
+    for o, cond_uuid in enumerate(partners):
+        if cond_uuid is None:
             continue
-        for p, other in enumerate(order):
-            if other != cond_slot or p in used or uuids[p] != uuids[o]:
+        for p, other in enumerate(partners):
+            if other is not None or p in partner.values() or uuids[p] != cond_uuid or order[p] != rows.COND_SLOT:
                 continue
             rows_adv = torch.arange(o * per, (o + 1) * per)
             rows_cond = torch.arange(p * per, (p + 1) * per)
             if _rows_equal(inputs, batch, rows_adv, rows_cond):
                 partner[o] = p
-                used.add(p)
             break
     if not partner:
         return None
@@ -223,7 +225,9 @@ def plan_fork(batch, transformer_options, adversarial_slots, cond_slot, inputs) 
     for o in range(len(order)):
         src = position[partner.get(o, o)]
         gather.extend(src * per + r for r in range(per))
-    return Fork(batch, keep, gather, [order[o] for o in kept_chunks], [uuids[o] for o in kept_chunks])
+    return Fork(batch, keep, gather, {key: [values[o] for o in kept_chunks]
+                                      for key, values in (("cond_or_uncond", order), ("uuids", uuids),
+                                                          (rows.ADVERSARIAL_ROWS, partners))})
 
 
 # ---------------------------------------------------------------------------
@@ -234,8 +238,7 @@ class _Hooks:
     def __init__(self, fork: Fork, transformer_options: dict):
         self.fork = fork
         self.options = transformer_options
-        self.full_order = transformer_options.get("cond_or_uncond")
-        self.full_uuids = transformer_options.get("uuids")
+        self.full_lists = {key: transformer_options.get(key) for key in fork.narrowed_lists}
         self.depth = 0
 
     def _narrow(self, obj):
@@ -261,14 +264,18 @@ class _Hooks:
         return obj
 
     def pre(self, module, args, kwargs):
+        if _ACTIVE_HOOKS.get() is not self:  # another sampling of this model, in another thread
+            return None
         self.depth += 1
         if self.depth > 1:  # a prefix module inside another one: already narrowed
             return None
-        self.options["cond_or_uncond"] = list(self.fork.order)
-        self.options["uuids"] = list(self.fork.uuids)
+        for key, values in self.fork.narrowed_lists.items():
+            self.options[key] = list(values)
         return self._narrow(args), {k: self._narrow(v) for k, v in kwargs.items()}
 
     def post(self, module, args, output):
+        if _ACTIVE_HOOKS.get() is not self:
+            return None
         self.depth -= 1
         if self.depth > 0:
             return None
@@ -276,16 +283,15 @@ class _Hooks:
         return self._widen(output)
 
     def restore(self):
-        self.options["cond_or_uncond"] = self.full_order
-        self.options["uuids"] = self.full_uuids
+        for key, values in self.full_lists.items():
+            self.options[key] = values
 
 
-def shared_prefix_wrapper(layers, adversarial_slots, cond_slot, stats=None):
+def shared_prefix_wrapper(layers, stats=None):
     """An APPLY_MODEL wrapper that computes the prefix once for the shared adversarial rows.
 
     ``stats`` (optional dict) is updated with the rows shared in each call (for tests and
     benchmarks)."""
-    adversarial_slots = frozenset(adversarial_slots)
 
     def asag_shared_prefix(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
                            **kwargs):
@@ -300,11 +306,12 @@ def shared_prefix_wrapper(layers, adversarial_slots, cond_slot, stats=None):
         if not modules:
             return run()
         inputs = (x, t, c_concat, c_crossattn, control, kwargs)
-        fork = plan_fork(x.shape[0], transformer_options, adversarial_slots, cond_slot, inputs)
+        fork = plan_fork(x.shape[0], transformer_options, inputs)
         if fork is None:
             return run()
         hooks = _Hooks(fork, transformer_options)
         handles = []
+        token = _ACTIVE_HOOKS.set(hooks)
         try:
             for module in modules:
                 handles.append(module.register_forward_pre_hook(hooks.pre, with_kwargs=True))
@@ -314,6 +321,7 @@ def shared_prefix_wrapper(layers, adversarial_slots, cond_slot, stats=None):
             for handle in handles:
                 handle.remove()
             hooks.restore()
+            _ACTIVE_HOOKS.reset(token)
         if stats is not None:
             stats["calls"] = stats.get("calls", 0) + 1
             stats["shared_rows"] = stats.get("shared_rows", 0) + fork.shared_rows
@@ -322,9 +330,9 @@ def shared_prefix_wrapper(layers, adversarial_slots, cond_slot, stats=None):
     return asag_shared_prefix
 
 
-def with_shared_prefix(model_options: dict, plan, adversarial_slots, cond_slot=0, stats=None) -> dict:
-    """A copy of ``model_options`` whose model calls share the prefix of the rows at
-    ``adversarial_slots`` with those at ``cond_slot``. The input dicts are not modified."""
+def with_shared_prefix(model_options: dict, plan, stats=None) -> dict:
+    """A copy of ``model_options`` whose model calls share the prefix of the rows tagged
+    adversarial with the conditional rows they copy. The input dicts are not modified."""
     if _TORCH_COMPILE_KWARGS in model_options:
         return model_options
     options = dict(model_options)
@@ -333,7 +341,7 @@ def with_shared_prefix(model_options: dict, plan, adversarial_slots, cond_slot=0
     kind = comfy.patcher_extension.WrappersMP.APPLY_MODEL
     by_key = wrappers.setdefault(kind, {})
     # innermost of the apply_model wrappers: it runs with the inputs the model will see
-    by_key[WRAPPER_KEY] = [shared_prefix_wrapper(plan.layers, adversarial_slots, cond_slot, stats)]
+    by_key[WRAPPER_KEY] = [shared_prefix_wrapper(plan.layers, stats)]
     to["wrappers"] = wrappers
     options["transformer_options"] = to
     return options

@@ -55,3 +55,29 @@ def patch(host, node_id, model, **inputs):
                          "start_percent": 0.0, "end_percent": 1.0, "rescale": 0.0, "rescale_mode": "full"},
     }[node_id]
     return host.node(node_id).execute(model, **{**defaults, **inputs}).result[0]
+
+
+PATHS = ("fast", "separate")
+
+
+def hold_batch_slot(model):
+    """A clone on which another node holds ``sampler_calc_cond_batch_function`` (a pass-through,
+    held the way SkipLayerGuidanceDiTSimple holds it), so that ASAG takes its separate pass."""
+    import comfy.samplers
+
+    def other_nodes_batch(args):
+        return comfy.samplers.calc_cond_batch(
+            args["model"], args["conds"], args["input"], args["sigma"], args["model_options"]
+        )
+
+    held = model.clone()
+    held.set_model_sampler_calc_cond_batch_function(other_nodes_batch)
+    return held
+
+
+def asag_on(host, model, path, node_id="ASAG", **inputs):
+    """``model`` with one of our nodes applied, taking the ``path`` ("fast": the batched call;
+    "separate": another node holds the batch slot, so the adversarial branch is its own pass)."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    return patch(host, node_id, hold_batch_slot(model) if path == "separate" else model, **inputs)

@@ -4,6 +4,10 @@ Each test samples the tiny SD1.5 (tests/tiny_models.py) through ComfyUI's own sa
 checks: the output is finite, ASAG ran (Sinkhorn calls recorded), the other feature's effect
 is present (the result differs from ASAG without it), and where ASAG chains to another patch,
 that patch was still called, on the rows it is meant for.
+
+Every test runs on both of the ASAG node's paths: "fast" (cond, uncond and adversarial rows
+in one batched call) and "separate" (another node holds the batch slot, so the adversarial
+branch is a model pass of its own), and the two give the same sample.
 """
 
 import model_state
@@ -22,15 +26,30 @@ def sd15(host):
     return tiny_models.sd15()
 
 
+@pytest.fixture(scope="module", params=sampling.PATHS)
+def path(request):
+    return request.param
+
+
+def with_asag(host, model, path, scale=2.0):
+    return sampling.asag_on(host, model, path, scale=scale)
+
+
 @pytest.fixture(scope="module")
-def asag(host, sd15):
-    return sampling.patch(host, "ASAG", sd15, scale=2.0)
+def asag(host, sd15, path):
+    return with_asag(host, sd15, path)
 
 
 @pytest.fixture(scope="module")
 def asag_only(host, asag):
     """ASAG alone on the plain conds: the reference every composition must differ from."""
     return run(host, asag)
+
+
+def test_fast_and_separate_paths_give_the_same_sample(host, sd15, sinkhorn_calls):
+    fast, separate = (run(host, with_asag(host, sd15, p)) for p in sampling.PATHS)
+    assert sinkhorn_calls
+    assert_same_sample(fast, separate)
 
 
 class ModelCalls:
@@ -69,7 +88,7 @@ def _differs(a, b):
 # ControlNet
 # ---------------------------------------------------------------------------------------------
 
-def test_controlnet(host, sd15, asag, asag_only, sinkhorn_calls):
+def test_controlnet(host, sd15, asag, asag_only, path, sinkhorn_calls):
     cnet = tiny_models.sd15_controlnet(sd15)
     control_calls = ModelCalls(cnet.control_model)
     try:
@@ -86,8 +105,9 @@ def test_controlnet(host, sd15, asag, asag_only, sinkhorn_calls):
         assert sinkhorn_calls, "ASAG did not run"
         assert _differs(both, asag_only), "the ControlNet had no effect under ASAG"
         assert _differs(both, controlled), "ASAG had no effect under the ControlNet"
-        # the adversarial pass is a pass of the controlled model: the ControlNet drives it too
-        assert control_calls.take() == plain_calls + STEPS
+        # the adversarial rows are rows of the controlled model: the ControlNet drives them too,
+        # in the batched call (fast) or in a call of their own (separate)
+        assert control_calls.take() == plain_calls + (STEPS if path == "separate" else 0)
     finally:
         control_calls.handle.remove()
 
@@ -96,7 +116,7 @@ def test_controlnet(host, sd15, asag, asag_only, sinkhorn_calls):
 # other attention patches on the same model
 # ---------------------------------------------------------------------------------------------
 
-def test_attn2_patches_run_in_every_pass(host, sd15, asag_only, sinkhorn_calls):
+def test_attn2_patches_run_in_every_pass(host, sd15, asag_only, path, sinkhorn_calls):
     """IP-Adapter style: attn2 (cross-attention) replaced in some blocks to add attention over
     extra image tokens, plus a global attn2_patch; both must act in the adversarial pass too."""
     g = torch.Generator().manual_seed(7)
@@ -125,13 +145,21 @@ def test_attn2_patches_run_in_every_pass(host, sd15, asag_only, sinkhorn_calls):
     run(host, ip)
     plain_replace, plain_patch = len(replace_calls), len(patch_calls)
     replace_calls.clear(), patch_calls.clear()
-    both = run(host, sampling.patch(host, "ASAG", ip, scale=2.0))
+    both = run(host, with_asag(host, ip, path))
     assert torch.isfinite(both).all() and sinkhorn_calls
     assert _differs(both, asag_only), "the attn2 patches had no effect under ASAG"
-    # one more model pass per step (the adversarial one), and the patches ran in it
-    assert len(replace_calls) == plain_replace + STEPS * patched_layers
-    assert len(patch_calls) == plain_patch + STEPS * all_attn2
-    assert replace_calls.count([0]) >= STEPS * patched_layers, "the attn2 replace never saw the adversarial pass"
+    if path == "separate":
+        # one more model pass per step (the adversarial one), and the patches ran in it
+        assert len(replace_calls) == plain_replace + STEPS * patched_layers
+        assert len(patch_calls) == plain_patch + STEPS * all_attn2
+        assert replace_calls.count([0]) >= STEPS * patched_layers, "the attn2 replace never saw the adversarial pass"
+    else:
+        # one batched call per step, as without ASAG; the adversarial rows ride in it as conditional
+        # rows (slot 0), except in the shared prefix before ASAG's layer m0, which skips them
+        assert len(replace_calls) == plain_replace and len(patch_calls) == plain_patch
+        orders = [sorted(order) for order in replace_calls + patch_calls]
+        assert all(order in ([0, 1], [0, 0, 1]) for order in orders), orders
+        assert replace_calls.count([0, 1, 0]) == STEPS, "the middle block's attn2 replace must see the adversarial row"
 
 
 def _recording_attn1(calls, factor):
@@ -142,35 +170,41 @@ def _recording_attn1(calls, factor):
     return other_attn1
 
 
-def test_attn1_patch_on_another_layer(host, sd15, asag_only, sinkhorn_calls):
+def test_attn1_patch_on_another_layer(host, sd15, asag_only, path, sinkhorn_calls):
     calls = []
     other = sd15.clone()
     other.set_model_attn1_replace(_recording_attn1(calls, 1.7), "input", 1, 0)  # d0; ASAG's auto layer is m0
     run(host, other)
     plain = len(calls)
     calls.clear()
-    both = run(host, sampling.patch(host, "ASAG", other, scale=2.0))
+    both = run(host, with_asag(host, other, path))
     assert torch.isfinite(both).all()
     assert {layer.patch_key for layer, _, _ in sinkhorn_calls} == {("middle", 0, 0)}
     assert _differs(both, asag_only), "the other attn1 patch had no effect under ASAG"
-    assert len(calls) == plain + STEPS, "the other attn1 patch must also run in the adversarial pass"
-    assert [0] in [order for _, order in calls]
+    if path == "separate":
+        assert len(calls) == plain + STEPS, "the other attn1 patch must also run in the adversarial pass"
+        assert (1, [0]) in calls
+    else:
+        # one batched call per step; d0 lies in the shared prefix before m0, which leaves out the
+        # adversarial row (a copy of the conditional one there)
+        assert calls == [(2, [1, 0])] * STEPS
 
 
 @pytest.mark.parametrize("key", [("middle", 0, 0), ("middle", 0)], ids=["block-transformer", "block"])
-def test_attn1_patch_on_the_same_layer_is_chained(host, sd15, asag_only, key, sinkhorn_calls):
+def test_attn1_patch_on_the_same_layer_is_chained(host, sd15, asag_only, key, path, sinkhorn_calls):
     """On ASAG's own layer, ASAG takes the adversarial rows and hands every other row to the
     patch that was there (3-part keys, and PAG-style 2-part block keys)."""
     calls = []
     other = sd15.clone()
     other.set_model_attn1_replace(_recording_attn1(calls, 1.7), *key)
 
-    node = run(host, sampling.patch(host, "ASAG", other, scale=2.0))
+    node = run(host, with_asag(host, other, path))
     assert torch.isfinite(node).all()
     assert _differs(node, asag_only), "the other patch had no effect"
     assert len(sinkhorn_calls) == STEPS and {rows for _, rows, _ in sinkhorn_calls} == {1}
-    # ASAG's own pass is adversarial only; the cond/uncond passes still go through the other patch
-    assert len(calls) == STEPS and all(rows == 2 for rows, _ in calls)
+    # Sinkhorn takes the adversarial row; the cond/uncond rows still go through the other patch,
+    # with a cond_or_uncond that matches the rows it got
+    assert len(calls) == STEPS and all(rows == 2 and sorted(order) == [0, 1] for rows, order in calls)
 
     calls.clear()
     sinkhorn_calls.clear()
@@ -185,7 +219,7 @@ def test_attn1_patch_on_the_same_layer_is_chained(host, sd15, asag_only, key, si
     assert_same_sample(via_guider, node)
 
 
-def test_dit_attention_override_is_chained(host, sinkhorn_calls):
+def test_dit_attention_override_is_chained(host, path, sinkhorn_calls):
     """DiTs: another optimized_attention_override on the model (how ComfyUI lets patches
     swap a DiT's attention) keeps running under ASAG, for the rows ASAG leaves alone, with a
     cond_or_uncond that matches them."""
@@ -198,7 +232,7 @@ def test_dit_attention_override_is_chained(host, sinkhorn_calls):
 
     model = tiny_models.flux().clone()
     model.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = other_override
-    patched = sampling.patch(host, "ASAGAdvanced", model, scale=2.0, layers="double1")
+    patched = sampling.asag_on(host, model, path, "ASAGAdvanced", scale=2.0, layers="double1")
     node = run(host, patched, family="flux")
     assert torch.isfinite(node).all() and sinkhorn_calls and calls
     assert all(rows == len(order) for rows, order in calls), "a cond_or_uncond that does not match the rows"
@@ -231,32 +265,34 @@ def _one_step_additivity(host, base_model, other, other_and_asag, asag_model):
 
 
 @pytest.mark.parametrize("order", ["asag-after", "asag-before"])
-def test_builtin_pag(host, sd15, asag, asag_only, order, model_calls, sinkhorn_calls):
+def test_builtin_pag(host, sd15, asag, asag_only, order, path, model_calls, sinkhorn_calls):
     from comfy_extras.nodes_pag import PerturbedAttentionGuidance as pag_node
 
     pag = pag_node.execute(sd15, 3.0).result[0]
     if order == "asag-after":
-        both = sampling.patch(host, "ASAG", pag, scale=2.0)
+        both = with_asag(host, pag, path)
     else:
         both = pag_node.execute(asag, 3.0).result[0]
     model_calls.take()
     out = run(host, both)
     assert torch.isfinite(out).all() and sinkhorn_calls
-    assert model_calls.take() == 3 * STEPS, "cond+uncond, PAG's and ASAG's pass each step"
+    passes = 3 if path == "separate" else 2
+    assert model_calls.take() == passes * STEPS, "cond+uncond(+ASAG), PAG's (and ASAG's separate) pass each step"
     assert _differs(out, asag_only) and _differs(out, run(host, pag))
     _one_step_additivity(host, sd15, pag, both, asag)
 
 
-def test_builtin_sag(host, sd15, asag, asag_only, model_calls, sinkhorn_calls):
+def test_builtin_sag(host, sd15, asag, asag_only, path, model_calls, sinkhorn_calls):
     """SAG records attention in the middle block's attn1, ASAG's default layer."""
     from comfy_extras.nodes_sag import SelfAttentionGuidance
 
     sag = SelfAttentionGuidance.execute(sd15, 0.8, 2.0).result[0]
-    both = sampling.patch(host, "ASAG", sag, scale=2.0)
+    both = with_asag(host, sag, path)
     model_calls.take()
     node = run(host, both)
     assert torch.isfinite(node).all() and sinkhorn_calls
-    assert model_calls.take() == 3 * STEPS, "cond+uncond, SAG's and ASAG's pass each step"
+    passes = 3 if path == "separate" else 2
+    assert model_calls.take() == passes * STEPS, "cond+uncond(+ASAG), SAG's (and ASAG's separate) pass each step"
     assert _differs(node, asag_only) and _differs(node, run(host, sag))
     _one_step_additivity(host, sd15, sag, both, asag)
 
@@ -303,13 +339,13 @@ def _lora(model, rank=4, seed=11):
     return patched
 
 
-def test_lora_weights(host, sd15, asag, asag_only, sinkhorn_calls):
+def test_lora_weights(host, sd15, asag, asag_only, path, sinkhorn_calls):
     import comfy.model_management
 
     weights = model_state.weights(sd15)
     lora = _lora(sd15)
     lora_only = run(host, lora)
-    lora_then_asag = run(host, sampling.patch(host, "ASAG", lora, scale=2.0))
+    lora_then_asag = run(host, with_asag(host, lora, path))
     assert torch.isfinite(lora_then_asag).all() and sinkhorn_calls
     assert _differs(lora_then_asag, asag_only), "the LoRA had no effect under ASAG"
     assert _differs(lora_then_asag, lora_only), "ASAG had no effect on the LoRA'd model"
@@ -386,7 +422,7 @@ def test_img2img(host, sd15, asag, sinkhorn_calls):
     assert _differs(out, run(host, asag, latent=init, denoise=1.0)), "denoise had no effect"
 
 
-def test_inpainting_model(host, sinkhorn_calls):
+def test_inpainting_model(host, path, sinkhorn_calls):
     import node_helpers
 
     model = tiny_models.sd15_inpaint()
@@ -404,7 +440,7 @@ def test_inpainting_model(host, sinkhorn_calls):
     channels = []  # input channels the U-Net sees in each pass
     hook = model.model.diffusion_model.register_forward_pre_hook(lambda module, args: channels.append(args[0].shape[1]))
     try:
-        patched = sampling.patch(host, "ASAG", model, scale=2.0)
+        patched = with_asag(host, model, path)
         out = run(host, patched, positive=pos, negative=neg, latent=latent)
         plain = run(host, model, positive=pos, negative=neg, latent=latent)
     finally:

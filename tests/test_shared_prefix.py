@@ -45,7 +45,7 @@ def _guider(host, model, family, spec, cfg, share):
     if spec != "auto":
         model = sampling.patch(host, "ASAGAdvanced", model, layers=spec)
     guider = sampling.asag_guider(host, model, family, cfg, 1.5)
-    guider.share_prefix = share
+    guider.step.share_prefix = share
     return guider, model
 
 
@@ -165,10 +165,12 @@ def test_rows_with_different_inputs_are_not_shared(host, models):
 
     def nudge_adversarial(apply_model, args):
         x = args["input"].clone()
-        order = args["cond_or_uncond"]
-        per = x.shape[0] // len(order)
-        for i, slot in enumerate(order):
-            if slot == 2:
+        # the pack's own tag: every other node sees the adversarial rows as slot 0 (conditional)
+        tags = args["c"]["transformer_options"]["asag_adversarial_rows"]
+        assert args["cond_or_uncond"] == [0, 1, 0] and tags[1:] == [None, None] and tags[0] is not None
+        per = x.shape[0] // len(tags)
+        for i, partner in enumerate(tags):
+            if partner is not None:
                 x[i * per:(i + 1) * per] += 0.01
         return apply_model(x, args["timestep"], **args["c"])
 
@@ -183,24 +185,33 @@ def test_rows_with_different_inputs_are_not_shared(host, models):
     _assert_close(results[True], results[False])
 
 
-def test_fork_pairs_chunks_by_slot_and_uuid(host):
+def _call(order, uuids, tags):
+    """transformer_options of one model call as the pack tags it (adversarial chunks: slot 0, own uuid)."""
+    return {"cond_or_uncond": order, "uuids": uuids, "asag_adversarial_rows": tags}
+
+
+def test_fork_pairs_chunks_by_tag_and_uuid(host):
     plan_fork = _module(host, "shared_prefix").plan_fork
     x = torch.zeros(6, 2)
 
-    # ASAGGuider's call: calc_cond_batch reverses [positive, uncond, positive] to slots [2, 1, 0]
-    fork = plan_fork(6, {"cond_or_uncond": [2, 1, 0], "uuids": ["p", "n", "p"]}, {2}, 0, (x,))
+    # the fast path's call: calc_cond_batch reverses [positive, uncond, adversarial] to [adv, uncond, positive]
+    fork = plan_fork(6, _call([0, 1, 0], ["p*", "n", "p"], ["p", None, None]), (x,))
     assert fork.keep.tolist() == [2, 3, 4, 5] and fork.keep_range == (2, 4)
     assert fork.gather.tolist() == [2, 3, 0, 1, 2, 3]
-    assert fork.order == [1, 0] and fork.uuids == ["n", "p"]
+    assert fork.narrowed_lists == {"cond_or_uncond": [1, 0], "uuids": ["n", "p"], "asag_adversarial_rows": [None, None]}
 
     # the conditional partner went to another chunk (memory split): nothing to share
-    assert plan_fork(4, {"cond_or_uncond": [2, 1], "uuids": ["p", "n"]}, {2}, 0, (x[:4],)) is None
+    assert plan_fork(4, _call([0, 1], ["p*", "n"], ["p", None]), (x[:4],)) is None
+    # an uncond chunk with the partner's uuid is no partner: only slot 0 is
+    assert plan_fork(4, _call([0, 1], ["p*", "p"], ["p", None]), (x[:4],)) is None
     # two positive conds (e.g. areas): each adversarial chunk pairs with the cond chunk of its own uuid
-    order = {"cond_or_uncond": [2, 2, 0, 0], "uuids": ["b", "a", "a", "b"]}
-    fork = plan_fork(4, order, {2}, 0, (torch.tensor([[1.0], [2.0], [2.0], [1.0]]),))
+    call = _call([0, 0, 0, 0], ["b*", "a*", "a", "b"], ["b", "a", None, None])
+    fork = plan_fork(4, call, (torch.tensor([[1.0], [2.0], [2.0], [1.0]]),))
     assert fork.keep.tolist() == [2, 3] and fork.gather.tolist() == [1, 0, 0, 1]
-    # equal uuid but different input rows: not shared
-    assert plan_fork(2, {"cond_or_uncond": [2, 0], "uuids": ["p", "p"]}, {2}, 0, (torch.tensor([1.0, 2.0]),)) is None
+    # equal partner but different input rows: not shared
+    assert plan_fork(2, _call([0, 0], ["p*", "p"], ["p", None]), (torch.tensor([1.0, 2.0]),)) is None
+    # no tags (a call the pack did not mark): nothing to share
+    assert plan_fork(2, {"cond_or_uncond": [0, 0], "uuids": ["p", "p"]}, (torch.zeros(2),)) is None
     # non-contiguous kept rows
-    fork = plan_fork(3, {"cond_or_uncond": [0, 2, 1], "uuids": ["p", "p", "n"]}, {2}, 0, (torch.zeros(3),))
+    fork = plan_fork(3, _call([0, 0, 1], ["p", "p*", "n"], [None, "p", None]), (torch.zeros(3),))
     assert fork.keep.tolist() == [0, 2] and fork.keep_range is None and fork.gather.tolist() == [0, 0, 1]

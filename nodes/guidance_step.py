@@ -1,0 +1,182 @@
+"""One sampling step with ASAG: where the adversarial prediction comes from and where its term goes.
+
+The term ``s·(x̂_c − x̂_adv)`` is added by a post-CFG function, in the order ComfyUI runs
+post-CFG functions (``cfg_function``), after every pre-CFG function. The adversarial
+prediction comes from one of two places:
+
+**Fast path** (the model's ``sampler_calc_cond_batch_function`` slot is free): ComfyUI's
+``sampling_function`` hands the step's conds to that function; ASAG evaluates cond, uncond
+and the adversarial copy of cond in *one* ``calc_cond_batch`` call, with the adversarial
+rows' prefix (everything before the first perturbed layer) computed once
+(``shared_prefix.py``). It returns cond and uncond as ComfyUI expects and leaves the
+adversarial prediction for the post-CFG function of the same model evaluation.
+
+**Separate pass** (another node, e.g. SkipLayerGuidanceDiTSimple, holds that slot, before or
+after ASAG was applied; or a guider that does not go through ``sampling_function``): the
+post-CFG function finds nothing left for it and evaluates the adversarial copy in a model
+call of its own, as PAG does. One info line per sampling run says so.
+
+The hand-over is scoped to one model evaluation: it is keyed by the evaluation's input
+tensor (the very object ``sampling_function`` passes to both functions) and taken, not read,
+so nothing global is shared between steps, samplings or threads.
+
+When the chosen layers did not run in the adversarial call (a caching node such as EasyCache
+or a first-block cache reused an earlier output), that step gets no ASAG term, with one
+warning per sampling run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+
+import comfy.samplers
+
+from ..asag_core import apply_asag
+from . import adversarial_rows as rows
+from .attention_patch import adversarial_call, separate_adversarial_pass
+from .shared_prefix import with_shared_prefix
+
+CALC_COND_BATCH = "sampler_calc_cond_batch_function"
+POST_CFG = "sampler_post_cfg_function"
+
+_SKIPPED = object()  # the adversarial call ran, but a cache skipped the chosen layers
+_MISSING = object()  # no batched call left anything for this evaluation
+
+log = logging.getLogger("comfyui-asag")
+
+
+class _Handoff:
+    """Adversarial predictions from the batched call to the post-CFG function of the same
+    model evaluation, keyed by that evaluation's input tensor."""
+
+    def __init__(self):
+        self._entries = {}
+        self._lock = threading.Lock()
+
+    def put(self, x, value):
+        with self._lock:
+            # entries of evaluations whose post-CFG function never ran die with their input
+            self._entries = {k: e for k, e in self._entries.items() if e[0]() is not None}
+            self._entries[id(x)] = (weakref.ref(x), value)
+
+    def take(self, x):
+        with self._lock:
+            entry = self._entries.pop(id(x), None)
+        if entry is None or entry[0]() is not x:
+            return _MISSING
+        return entry[1]
+
+
+class _OncePerRun:
+    """Says a thing once per sampling run (a run is identified by its sigma schedule object)."""
+
+    def __init__(self):
+        self._seen = None
+
+    def __call__(self, model_options, say):
+        run = model_options.get("transformer_options", {}).get("sample_sigmas")
+        ref = run if run is not None else model_options
+        if self._seen is not None and self._seen() is ref:
+            return
+        try:
+            self._seen = weakref.ref(ref)
+        except TypeError:  # a plain dict: compare by identity for this run only
+            self._seen = lambda ref=ref: ref
+        say()
+
+
+class ASAGStep:
+    """The two functions ASAG puts into model_options for one plan, and their hand-over."""
+
+    def __init__(self, plan):
+        self.plan = plan
+        #: compute the adversarial rows' prefix once (see shared_prefix.py); False = plain batching
+        self.share_prefix = True
+        self._handoff = _Handoff()
+        self._tell_separate = _OncePerRun()
+        self._tell_skipped = _OncePerRun()
+        self.calc_cond_batch_function = self._make_calc_cond_batch_function()
+        self.post_cfg_function = self._make_post_cfg_function()
+
+    def _make_calc_cond_batch_function(self):
+        def asag_calc_cond_batch(args):
+            conds, x, sigma = args["conds"], args["input"], args["sigma"]
+            model, options = args["model"], args["model_options"]
+            cond = conds[0]
+            if cond is None or not self.plan.active_at(float(sigma.max())):
+                return comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
+            adversarial, partners = rows.adversarial_cond(cond)
+            with adversarial_call(model, options, self.plan, partners) as (adv_options, report):
+                if self.share_prefix:
+                    adv_options = with_shared_prefix(adv_options, self.plan)
+                out = comfy.samplers.calc_cond_batch(model, list(conds) + [adversarial], x, sigma, adv_options)
+            self._handoff.put(x, out[-1] if report.ran else _SKIPPED)
+            return out[:-1]
+
+        asag_calc_cond_batch.asag_step = self
+        return asag_calc_cond_batch
+
+    def _make_post_cfg_function(self):
+        def asag_post_cfg(args):
+            cfg_result, cond, sigma, x = args["denoised"], args["cond"], args["sigma"], args["input"]
+            if cond is None or not self.plan.active_at(float(sigma.max())):
+                return cfg_result
+            options = args["model_options"]
+            adversarial = self._handoff.take(x)
+            if adversarial is _MISSING:
+                self._tell_separate(options, lambda: self._say_separate(options))
+                adversarial = separate_adversarial_pass(args["model"], cond, x, sigma, options, self.plan)
+            if adversarial is None or adversarial is _SKIPPED:
+                self._tell_skipped(options, self._say_skipped)
+                return cfg_result
+            return apply_asag(cfg_result, args["cond_denoised"], adversarial, self.plan.settings)
+
+        # ASAGGuider finds the step here, and replaces this function so ASAG is not applied twice
+        asag_post_cfg.asag_step = self
+        return asag_post_cfg
+
+    def _say_separate(self, options):
+        holder = options.get(CALC_COND_BATCH)
+        who = getattr(holder, "__qualname__", type(holder).__name__) if holder is not None else None
+        reason = (f"another node's sampler_calc_cond_batch_function ({who}) handles this model's conds"
+                  if who else "this sampler does not batch through sampling_function")
+        log.info("ASAG: %s, so the adversarial branch runs as a separate model pass (same result, one more "
+                 "model call per step).", reason)
+
+    def _say_skipped(self):
+        log.warning("ASAG: a caching node reused an earlier model output on some steps, so the guided layers "
+                    "did not run there; those steps get no ASAG term.")
+
+
+def step_of(function):
+    """The ASAGStep a post-CFG or calc-cond-batch function belongs to, else None."""
+    return getattr(function, "asag_step", None)
+
+
+def install(model_options: dict, step: ASAGStep) -> dict:
+    """A copy of ``model_options`` with ``step``'s functions: its post-CFG function where an
+    earlier ASAG one was (else last), and its batched call if no other node holds the slot.
+    Functions of earlier ASAG steps are removed, so ASAG is applied once."""
+    options = dict(model_options)
+    post = list(options.get(POST_CFG, []))
+    ours = [i for i, fn in enumerate(post) if step_of(fn) is not None]
+    position = ours[0] if ours else len(post)
+    post = [fn for fn in post if step_of(fn) is None]
+    post.insert(position, step.post_cfg_function)
+    options[POST_CFG] = post
+    holder = options.get(CALC_COND_BATCH)
+    if holder is None or step_of(holder) is not None:
+        options[CALC_COND_BATCH] = step.calc_cond_batch_function
+    return options
+
+
+def carried_step(model_options):
+    """The ASAGStep of a model patched by ASAG/ASAGAdvanced (the last one), else None."""
+    steps = [step_of(fn) for fn in model_options.get(POST_CFG, [])]
+    steps = [s for s in steps if s is not None]
+    return steps[-1] if steps else None
+
+
+__all__ = ["ASAGStep", "carried_step", "install", "step_of"]
