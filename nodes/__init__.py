@@ -10,7 +10,3 @@ class ASAGExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return list(NODES)
-
-
-async def comfy_entrypoint() -> ASAGExtension:
-    return ASAGExtension()

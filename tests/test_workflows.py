@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import re
 
 import pytest
 
@@ -279,3 +281,30 @@ def test_model_table_is_complete():
     assert set(wc.MODEL_SOURCES) == set(wc.MODEL_FILES)
     for name, urls in wc.MODEL_SOURCES.items():
         assert urls and all(u.startswith("https://huggingface.co/") for u in urls), name
+
+
+def _readme_model_rows():
+    """(file, folder, {workflow short names}) for each row of the README's model table."""
+    with open(wc.os.path.join(wc.ROOT, "README.md"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    start = lines.index("| file | folder | used by |")
+    short_names = {name[:-5].replace("_asag", "") for name in wc.WORKFLOW_FILES}
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        file_cell, folder_cell, used_by = (cell.strip() for cell in line.strip("|").split("|"))
+        used = {word for word in re.findall(r"[a-z0-9_]+", used_by) if word in short_names}
+        rows.append((re.search(r"`([^`]+)`", file_cell).group(1), folder_cell.strip("`"), used))
+    return rows
+
+
+def test_readme_model_table_matches_the_workflows(workflows):
+    """Each README row's file goes in the folder MODEL_FILES names, and exactly the workflows that
+    name the file (in a widget, a download link or a Note) are listed as using it."""
+    rows = _readme_model_rows()
+    assert rows, "no model table in the README"
+    for file_name, folder, used in rows:
+        assert wc.MODEL_FILES[file_name] == folder, file_name
+        naming = {name[:-5].replace("_asag", "") for name, wf in workflows.items() if file_name in json.dumps(wf)}
+        assert used == naming, f"README says {file_name} is used by {sorted(used)}; the workflows: {sorted(naming)}"
