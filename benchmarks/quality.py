@@ -1,40 +1,48 @@
-"""Sample quality of ASAG against its baselines, sampled through ComfyUI.
+"""Sample quality of ASAG against perturbed-attention baselines on the same layers.
 
-Default (CPU, no downloads): the committed tiny class-conditional digits model
-(``benchmarks.tiny_model``), N images per setting with balanced labels (N/10 per digit),
-the same seeds and the same initial noise for every setting, sampled with
-``comfy.sample.sample`` on ComfyUI's ModelPatcher patched by this pack's nodes (found and
-loaded exactly as the host tests do, ``tests/comfy_host.py``).  Metrics, against all 1,797
-real sklearn digits:
+    python -m benchmarks.quality --quick            # < 3 min, main tiny model
+    python -m benchmarks.quality --out docs/        # full sweeps, both tiny models
 
-- ``fd_feat``: Fréchet distance in the 128-d feature space of the committed digit
-  classifier (``benchmarks.classifier``), lower is better.  ``d_fd``: the paired
-  difference to plain CFG on the same seed (mean ± std over seeds); the seed-to-seed
-  spread of FD itself is much larger than these paired differences.
-- ``fd_pix``: the same in pixel space (256-d).
-- ``acc``: the classifier's accuracy on the conditional samples.
-- ``prec`` / ``rec``: improved precision / recall (Kynkäänniemi et al. 2019, k = 5, real set subsampled to N)
-  in classifier-feature space; ``div``: mean pairwise feature distance within a class.
-- ``sat``: fraction of pixels above 0.9 (saturated ink); the real digits have 3.8 %.
-- ``s/img``: wall seconds per image of the sampling call.
+Every method perturbs the **same self-attention layers** (``--layers``; tiny models: ``u3``,
+the 64-token decoder layer), in one extra pass after CFG, and adds ``scale·(x_c − x_pert)``:
 
-Every metric is mean ± std over the seeds.  The output is one markdown table followed
-by exactly one JSON line (the last line of stdout).
+- ``asag``: the pack's ``ASAGAdvanced`` node (Sinkhorn plan of the adversarial cost);
+- ``pag_same_layers``: attention output = V (PAG) on those layers (``benchmarks.perturb``,
+  built like ComfyUI's ``nodes_pag.py``: attn1 replace patches in the extra pass only);
+- ``zero_same_layers``: attention output = 0 on those layers;
+- ``pag_comfy_m0``: ComfyUI's built-in PerturbedAttentionGuidance node (middle block), one
+  reference row.
 
-With a real checkpoint (GPU), the same settings and table::
+Regimes: ``unconditional`` (null class / empty prompt, cfg 1: the paper's unconditional
+setting), ``conditional`` at the FD-best CFG of a reported CFG sweep, and
+``conditional_cfg3`` at today's cfg 3 (checkpoint: ``--cfg``).  Every setting is sampled
+on the same seeds with the same initial noise (``comfy.sample``), so settings are compared
+pairwise per seed.  Metrics against the real set (all 1,797 sklearn digits for the tiny
+models; ``benchmarks.tiny.metrics``): ``fd`` = Fréchet distance in classifier features
+(lower is better), ``fd_pix``, ``prec``/``rec`` (improved precision/recall, k 5), ``div``
+(mean pairwise feature distance within a class; unconditional: within the class the
+classifier assigns), ``acc`` (conditional only), ``sat`` (saturated-pixel fraction) and
+``move`` (RMS pixel change against the unguided samples of the same seed: how hard the
+guidance pushed).
 
-    python -m benchmarks.quality --checkpoint sd_xl_base_1.0.safetensors \
-        --prompts coco_captions.txt --reference-dir coco_val_images/ \
-        [--feature-weights inception.pt] --n 1000 --seeds 3 --steps 30 --cfg 5.0 --size 1024
+The full run adds, in the unconditional regime on the main model at ``ABLATION_SCALE``:
+each single self-attention layer (ASAG and PAG), λ, Sinkhorn iterations, and the three
+costs at three scales; then repeats the three regimes on the weaker ``small`` model.
+Partial results are checkpointed to ``<out>/quality_results.partial.json`` after every
+setting and reused by a re-run; the final JSON is ``<out>/quality_results.json``, with
+plots and sample grids (``benchmarks.quality_plots``).  The last stdout line is one JSON
+object (``regimes.<regime>.{none,asag,pag_same_layers,...}``, ``layers``).
 
-The checkpoint is loaded with ``comfy.sd.load_checkpoint_guess_config``, prompts (one a
-line, the first N used, one image per prompt and seed) are encoded with the checkpoint's
-CLIP, images decoded with its VAE.  Nothing is downloaded: ``--feature-weights`` must be a
-file you provide (a TorchScript module mapping (B, 3, 299, 299) images in [0, 1] to
-(B, D) features, or a torchvision ``inception_v3`` state dict); with it ``fd_feat`` is
-FID-style.  Without it ``fd_feat`` falls back to pixel space (images resized to 64x64)
-and is **not** FID.  ``acc`` is not defined there and is reported as null.  See
-docs/quality.md.
+With a real checkpoint (GPU), the same regimes and layer-matched rows::
+
+    python -m benchmarks.quality --checkpoint sd_xl_base_1.0.safetensors \\
+        --prompts coco_captions.txt --reference-dir coco_val_images/ \\
+        [--feature-weights inception.pt] --n 1000 --seeds 5 --steps 30 --cfg 5.0 --size 1024
+
+Prompts (the first N, one image per prompt and seed) go through the checkpoint's CLIP,
+images through its VAE.  ``--feature-weights`` is a file you provide (TorchScript mapping
+(B, 3, 299, 299) in [0, 1] to features, or a torchvision ``inception_v3`` state dict); without
+it ``fd`` is pixel-space (64x64) and is **not** FID.  Layer-matched PAG needs a U-Net.
 """
 
 from __future__ import annotations
@@ -45,449 +53,292 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from .host import start_host
+from .tiny import metrics
 
-from benchmarks import metrics  # noqa: E402
+TINY_LAYERS = "u3"  # the 8x8 decoder layer; the 4x4 layers barely change this model's samples
+SCALES = (0.1, 0.25, 0.5, 1.0, 1.5, 3.0)
+ZERO_SCALES = (0.25, 0.5, 1.0)
+BUILTIN_PAG_SCALE = 1.0
+ABLATION_SCALE = 0.5
+TINY_CFGS = (1.0, 1.5, 2.0, 3.0, 4.0)
+CHECKPOINT_CFGS = (1.0, 3.0, 5.0, 7.5)
+QUICK_SCALES = (0.25, 1.0)
+METHODS = ("asag", "pag_same_layers", "zero_same_layers")
+METRICS = ("fd", "fd_pix", "acc", "prec", "rec", "div", "sat", "move", "s_per_img")
 
-# Guidance layers for the tiny model.  Its attn1 layers: d0 = ("input", 3) and u2, u3 =
-# ("output", 2/3) at 8x8 (64 tokens); d1, m0, u0, u1 at 4x4 (16 tokens).  "auto" is m0.
-# Measured (docs/quality.md): the 4x4 layers barely change the samples (also for PAG on
-# m0); the 8x8 layers do, so the tiny benchmark perturbs the 8x8 decoder layer u3.
-TINY_LAYERS = "u3"
-TINY_SCALE = 1.5  # the paper's best scale
 
-
-@dataclass
+@dataclass(frozen=True)
 class Setting:
-    name: str
-    group: str  # "main" | "iterations" | "cost" | "scale"
+    regime: str  # "unconditional" | "conditional"
     cfg: float
-    guidance: str = "none"  # "none" | "pag" | "asag"
+    method: str = "none"  # "none" | METHODS | "pag_comfy_m0"
     scale: float = 0.0
+    layers: str = ""
     iterations: int = 2
+    lam: float = 1.0
     cost: str = "adversarial"
-    layers: str = "auto"
-    also: list = field(default_factory=list)  # other groups this setting belongs to
 
-    def key(self):
-        return (self.cfg, self.guidance, self.scale if self.guidance != "none" else 0.0, self.iterations,
-                self.cost, self.layers)
-
-
-def build_settings(cfg: float, scale: float, layers: str, quick: bool) -> list[Setting]:
-    """All settings, de-duplicated (a setting shared by two groups is sampled once)."""
-    a = dict(guidance="asag", layers=layers)
-    main = [
-        Setting("no guidance (cfg 1)", "main", 1.0),
-        Setting(f"CFG {cfg:g}", "main", cfg),
-        Setting(f"CFG + PAG {scale:g} (ComfyUI, m0)", "main", cfg, guidance="pag", scale=scale),
-        Setting(f"CFG + ASAG {scale:g}", "main", cfg, scale=scale, **a),
-        Setting(f"ASAG {scale:g} alone (cfg 1)", "main", 1.0, scale=scale, **a),
-    ]
-    iters = [1, 2] if quick else [1, 2, 5, 10]
-    costs = ["adversarial", "similarity", "uniform"]
-    scales = [0.5, 1.5, 3.0] if quick else [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0]
-    extra = (
-        [Setting(f"CFG + ASAG, {i} iter", "iterations", cfg, scale=scale, iterations=i, **a) for i in iters]
-        + [Setting(f"CFG + ASAG, cost {c}", "cost", cfg, scale=scale, cost=c, **a) for c in costs]
-        + [Setting(f"CFG + ASAG, scale {s:g}", "scale", cfg, scale=s, **a) for s in scales]
-    )
-    out: dict = {}
-    for s in main + extra:
-        k = s.key() if s.scale != 0.0 or s.guidance == "none" else (s.cfg, "none", 0.0, 2, "adversarial", "auto")
-        if k in out:
-            out[k].also.append((s.group, s))
-        else:
-            if s.guidance == "asag" and s.scale == 0.0:  # scale 0 is plain CFG
-                s = Setting(s.name, s.group, s.cfg)
-                k = s.key()
-                if k in out:
-                    out[k].also.append((s.group, s))
-                    continue
-            out[k] = s
-    return list(out.values())
+    def key(self) -> str:
+        if self.method == "none":
+            return f"{self.regime}|cfg{self.cfg:g}|none"
+        return (f"{self.regime}|cfg{self.cfg:g}|{self.method}|s{self.scale:g}|{self.layers}|it{self.iterations}"
+                f"|lam{self.lam:g}|{self.cost}")
 
 
-# --------------------------------------------------------------------------- backends
+# --------------------------------------------------------------------------- what to run
 
 
-class TinyBackend:
-    """The committed digits model; features = the committed digit classifier."""
-
-    kind = "tiny"
-
-    def __init__(self, host, n: int, steps: int):
-        from benchmarks.classifier import load_classifier, load_digit_images
-        from benchmarks.tiny_model import load_tiny_model
-
-        self.host = host
-        self.tiny = load_tiny_model()
-        self.model = self.tiny.model_patcher
-        self.classifier = load_classifier()
-        self.steps = steps
-        self.labels = [i % 10 for i in range(n)]  # balanced: n/10 per digit
-        real, _ = load_digit_images()
-        self.real_feat = self.classifier.features(real)
-        self.real_pix = real.flatten(1)
-        self.feat_stats = metrics.gaussian_stats(self.real_feat)
-        self.pix_stats = metrics.gaussian_stats(self.real_pix)
-        self.feature_name = "classifier-feature FD (128-d, digit CNN)"
-        self.pixel_name = "pixel FD (16x16)"
-
-    def sample(self, model, cfg: float, seed: int) -> torch.Tensor:
-        return self.tiny.sample(self.labels, seed=seed, cfg=cfg, steps=self.steps, model_patcher=model)
-
-    def features(self, images):
-        return self.classifier.features(images)
-
-    def pixels(self, images):
-        return images.flatten(1)
-
-    def accuracy(self, images):
-        return (self.classifier.predict(images) == torch.tensor(self.labels)).double().mean().item()
+def core_settings(regime, cfg, layers, scales, zero_scales):
+    """Unguided, ASAG and PAG at every scale, the zero perturbation at a few, the built-in PAG."""
+    out = [Setting(regime, cfg)]
+    for method, grid in (("asag", scales), ("pag_same_layers", scales), ("zero_same_layers", zero_scales)):
+        out += [Setting(regime, cfg, method, s, layers) for s in grid]
+    return out + [Setting(regime, cfg, "pag_comfy_m0", BUILTIN_PAG_SCALE, "m0")]
 
 
-def _load_image_folder(folder: str, size: int, limit: int | None = None) -> torch.Tensor:
-    from PIL import Image
+def single_layer_names(host, model) -> list[str]:
+    """Every self-attention layer of the model in ASAG's grammar (d0, d1, m0, u0, ...)."""
+    catalog = sys.modules[f"{host.pack_module_name}.nodes.model_layers"].layer_catalog(model)
+    prefix = {"input": "d", "middle": "m", "output": "u"}
+    parts = ("input", "middle", "output")
+    return [f"{prefix[part]}{i}" for part in parts for i in range(len(catalog.unet.get(part, [])))]
 
-    exts = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(exts))
-    if limit:
-        names = names[:limit]
-    if not names:
-        raise SystemExit(f"--reference-dir {folder}: no images ({', '.join(exts)})")
+
+def ablation_settings(host, model, layers, scale):
+    """Unconditional regime, at ``scale``: single layers, λ, iterations, the three costs."""
+    base = Setting("unconditional", 1.0, "asag", scale, layers)
     out = []
-    for name in names:
-        im = Image.open(os.path.join(folder, name)).convert("RGB")
-        out.append(_center_resize(torch.from_numpy(np.asarray(im).copy()).float().div(255.0).permute(2, 0, 1), size))
-    return torch.stack(out)
-
-
-def _center_resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(3, H, W) -> centre square crop -> (3, size, size), bilinear with antialias."""
-    h, w = x.shape[-2:]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    x = x[..., top : top + s, left : left + s]
-    return torch.nn.functional.interpolate(x.unsqueeze(0), size=(size, size), mode="bilinear", antialias=True,
-                                           align_corners=False)[0].clamp(0, 1)
-
-
-class FeatureNet:
-    """User-provided feature weights (never downloaded): TorchScript or torchvision inception_v3 state dict."""
-
-    def __init__(self, path: str, device):
-        self.device = device
-        self._normalize = False
-        try:
-            self.net = torch.jit.load(path, map_location=device).eval()
-            self.name = f"FID-style FD ({os.path.basename(path)}, TorchScript)"
-            return
-        except Exception:  # not TorchScript: try a torchvision inception_v3 state dict
-            pass
-        try:
-            import torchvision
-        except ImportError as e:
-            raise SystemExit(f"--feature-weights {path}: not TorchScript, and torchvision is missing: {e}") from None
-        net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, _ = net.load_state_dict(state, strict=False)
-        if len(missing) > 10:
-            raise SystemExit(f"--feature-weights {path}: neither TorchScript nor a torchvision inception_v3 "
-                             f"state dict ({len(missing)} missing keys)")
-        net.fc = torch.nn.Identity()
-        self.net = net.eval().to(device)
-        self.name = f"FID-style FD (torchvision inception_v3 pool, {os.path.basename(path)})"
-        self._normalize = True
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, 299, 299) in [0, 1]
-        outs = []
-        for i in range(0, len(images), 32):
-            x = images[i : i + 32].to(self.device)
-            if self._normalize:  # torchvision ImageNet normalisation
-                mean = torch.tensor([0.485, 0.456, 0.406], device=x.device).view(1, 3, 1, 1)
-                std = torch.tensor([0.229, 0.224, 0.225], device=x.device).view(1, 3, 1, 1)
-                x = (x - mean) / std
-            f = self.net(x)
-            if isinstance(f, (tuple, list)):
-                f = f[0]
-            outs.append(f.float().flatten(1).cpu())
-        return torch.cat(outs)
-
-
-class CheckpointBackend:
-    """A real checkpoint via ComfyUI: load_checkpoint_guess_config, its CLIP and VAE."""
-
-    kind = "checkpoint"
-    PIXEL_SIZE = 64  # fallback / pixel-space FD resolution
-
-    def __init__(self, host, args):
-        import comfy.model_management
-        import comfy.sd
-
-        self.host = host
-        self.steps = args.steps
-        self.size = args.size
-        with open(args.prompts, encoding="utf-8") as f:
-            prompts = [line.strip() for line in f if line.strip()]
-        if len(prompts) < args.n:
-            raise SystemExit(f"--prompts {args.prompts}: {len(prompts)} prompts, --n {args.n} needs that many")
-        self.prompts = prompts[: args.n]
-        self.labels = list(range(len(self.prompts)))  # "class" = prompt; diversity needs >= 2 per prompt
-        out = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True, output_clip=True)
-        self.model, self.clip, self.vae = out[0], out[1], out[2]
-        if self.clip is None or self.vae is None:
-            raise SystemExit(f"--checkpoint {args.checkpoint}: needs a CLIP and a VAE inside the checkpoint")
-        enc = host.nodes.CLIPTextEncode()
-        self.positive = [enc.encode(self.clip, p)[0] for p in self.prompts]
-        self.negative = enc.encode(self.clip, args.negative)[0]
-        device = comfy.model_management.get_torch_device()
-        self.feature_net = FeatureNet(args.feature_weights, device) if args.feature_weights else None
-        self.feature_size = 299 if self.feature_net else self.PIXEL_SIZE
-        self.feature_name = self.feature_net.name if self.feature_net else (
-            f"pixel FD ({self.PIXEL_SIZE}x{self.PIXEL_SIZE} RGB; no --feature-weights, NOT FID)")
-        self.pixel_name = f"pixel FD ({self.PIXEL_SIZE}x{self.PIXEL_SIZE} RGB)"
-        ref = _load_image_folder(args.reference_dir, self.feature_size, args.reference_limit)
-        self.real_feat = self.features(ref)
-        self.real_pix = self.pixels(ref)
-        self.feat_stats = metrics.gaussian_stats(self.real_feat)
-        self.pix_stats = metrics.gaussian_stats(self.real_pix)
-        self.sampler, self.scheduler = args.sampler, args.scheduler
-
-    def sample(self, model, cfg: float, seed: int) -> torch.Tensor:
-        latent_node, ks = self.host.nodes.EmptyLatentImage(), self.host.nodes.KSampler()
-        images = []
-        for i, pos in enumerate(self.positive):
-            (latent,) = latent_node.generate(self.size, self.size, 1)
-            (out,) = ks.sample(model, seed * 1_000_003 + i, self.steps, cfg, self.sampler, self.scheduler, pos,
-                               self.negative, latent)
-            img = self.vae.decode(out["samples"])  # (1, H, W, 3) in [0, 1]
-            img = img.reshape(-1, *img.shape[-3:])[:1].permute(0, 3, 1, 2).float().cpu()
-            images.append(_center_resize(img[0], self.feature_size))
-        return torch.stack(images)
-
-    def features(self, images):
-        if self.feature_net is None:
-            return self.pixels(images)
-        if images.shape[-1] != 299:
-            images = torch.stack([_center_resize(x, 299) for x in images])
-        return self.feature_net(images)
-
-    def pixels(self, images):
-        if images.shape[-1] != self.PIXEL_SIZE:
-            images = torch.nn.functional.interpolate(images, size=(self.PIXEL_SIZE,) * 2, mode="bilinear",
-                                                     antialias=True, align_corners=False)
-        return images.flatten(1)
-
-    def accuracy(self, images):
-        return None
+    for name in single_layer_names(host, model):
+        out += [replace(base, layers=name), replace(base, method="pag_same_layers", layers=name)]
+    out += [replace(base, lam=v) for v in (0.25, 0.5, 1.0, 2.0, 4.0)]
+    out += [replace(base, iterations=v) for v in (0, 1, 2, 5, 10)]
+    out += [replace(base, cost=c, scale=s) for c in ("adversarial", "similarity", "uniform") for s in ZERO_SCALES]
+    return out
 
 
 # --------------------------------------------------------------------------- running
 
 
-def start_comfy_host():
-    """ComfyUI with this pack loaded, found as the host tests find it (tests/comfy_host.py)."""
-    try:
-        from benchmarks.host import start_host  # shared helper, when present
-    except ImportError:
-        tests = os.path.join(ROOT, "tests")
-        if tests not in sys.path:
-            sys.path.insert(0, tests)
-        import comfy_host
-
-        host = comfy_host.start_host()
-        if host is None:
-            raise SystemExit(comfy_host.HOW_TO) from None
-        return host
-    return start_host()
-
-
-
-def patched_model(host, base, s: Setting):
-    if s.guidance == "none":
+def guided_model(host, base, s: Setting):
+    if s.method == "none":
         return base
-    if s.guidance == "pag":
+    if s.method == "pag_comfy_m0":
         from comfy_extras.nodes_pag import PerturbedAttentionGuidance
 
         return PerturbedAttentionGuidance.execute(base, s.scale).result[0]
-    return host.node("ASAGAdvanced").execute(
-        base, scale=s.scale, iterations=s.iterations, lam=1.0, cost=s.cost, layers=s.layers,
-        start_percent=0.0, end_percent=1.0, rescale=0.0, rescale_mode="full",
-    ).result[0]
+    if s.method == "asag":
+        return asag_model(host, base, scale=s.scale, iterations=s.iterations, lam=s.lam, cost=s.cost, layers=s.layers)
+    from .perturb import perturbed_guidance, resolve_unet_layers
+
+    keys = resolve_unet_layers(host, base, s.layers)
+    return perturbed_guidance(base, s.scale, keys, "pag" if s.method == "pag_same_layers" else "zero")
 
 
-def evaluate(backend, images) -> dict:
+def asag_model(host, base, **inputs):
+    """``base`` patched by the pack's ASAGAdvanced node: ``inputs`` given, every other input at
+    its schema default (so the benchmark follows the node's inputs as they are today)."""
+    node = host.node("ASAGAdvanced")
+    defaults = {i.id: i.default for i in node.define_schema().inputs if i.id != "model"}
+    return node.execute(base, **{**defaults, **inputs}).result[0]
+
+
+def evaluate(backend, images, regime: str) -> dict:
     f = backend.features(images)
-    p = backend.pixels(images)
     prec, rec = metrics.precision_recall(backend.real_feat, f, k=5)
     return {
-        "fd_feat": metrics.frechet_distance(f, stats_b=backend.feat_stats),
-        "fd_pix": metrics.frechet_distance(p, stats_b=backend.pix_stats),
-        "acc": backend.accuracy(images),
+        "fd": metrics.frechet_distance(f, stats_b=backend.feat_stats),
+        "fd_pix": metrics.frechet_distance(backend.pixels(images), stats_b=backend.pix_stats),
+        "acc": backend.accuracy(regime, images),
         "prec": prec,
         "rec": rec,
-        "div": metrics.within_class_diversity(f, backend.labels),
+        "div": metrics.within_class_diversity(f, backend.labels_for(regime, images)),
         "sat": float((images > 0.9).double().mean()),
     }
 
 
-def run_all(host, backend, settings, seeds, log=print, keep_images=None):
-    """{setting index: {"per_seed": [metric dicts]}}; keep_images: setting names whose seed-0 images to keep."""
-    results = []
-    kept = {}
-    for s in settings:
-        model = patched_model(host, backend.model, s)
+class Runner:
+    """Samples settings on every seed, caching per-seed metrics in a JSON checkpoint file."""
+
+    def __init__(self, host, backend, seeds, store_path=None, log=print):
+        self.host, self.backend, self.seeds, self.path, self.log = host, backend, list(seeds), store_path, log
+        self.done = {}
+        if store_path and os.path.exists(store_path):
+            with open(store_path) as f:
+                self.done = json.load(f)
+        self._unguided = {}
+
+    def _store_key(self, s: Setting) -> str:
+        return f"{self.backend.name}|{s.key()}"
+
+    def unguided(self, s: Setting, seed: int):
+        key = (s.regime, s.cfg, seed)
+        if key not in self._unguided:
+            self._unguided[key] = self.backend.sample(self.backend.model, s.regime, s.cfg, seed)
+        return self._unguided[key]
+
+    def run(self, s: Setting) -> list[dict]:
+        key = self._store_key(s)
+        if key in self.done:
+            return self.done[key]["per_seed"]
+        model = guided_model(self.host, self.backend.model, s)
         per_seed = []
-        for seed in seeds:
+        for seed in self.seeds:
             t0 = time.perf_counter()
-            images = backend.sample(model, s.cfg, seed)
+            images = self.backend.sample(model, s.regime, s.cfg, seed)
             dt = time.perf_counter() - t0
-            m = evaluate(backend, images)
+            m = evaluate(self.backend, images, s.regime)
             m["s_per_img"] = dt / len(images)
+            if s.method == "none":
+                self._unguided[(s.regime, s.cfg, seed)] = images
+            m["move"] = float((images - self.unguided(s, seed)).pow(2).mean(dim=(1, 2, 3)).sqrt().mean())
             per_seed.append(m)
-            if keep_images is not None and seed == seeds[0]:
-                kept[s.name] = images
-        results.append(per_seed)
-        fd = [m["fd_feat"] for m in per_seed]
-        log(f"  {s.name:<40s} fd_feat {np.mean(fd):8.2f}  ({time.perf_counter():.0f})")
-    return results, kept
+        self.done[key] = {"setting": asdict(s), "per_seed": per_seed}
+        self._save()
+        fd = metrics.mean_std([m["fd"] for m in per_seed])
+        self.log(f"  [{self.backend.name}] {key:<75s} fd {fd[0]:8.2f} ± {fd[1]:.2f}  {time.strftime('%H:%M:%S')}")
+        return per_seed
+
+    def _save(self):
+        if not self.path:
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.done, f)
+        os.replace(tmp, self.path)
 
 
-def summarize(settings, results, cfg_index):
-    rows = []
-    base = results[cfg_index]
-    for s, per_seed in zip(settings, results, strict=False):
-        row = {"name": s.name, "groups": [s.group] + [g for g, _ in s.also], "cfg": s.cfg, "guidance": s.guidance,
-               "scale": s.scale, "iterations": s.iterations if s.guidance == "asag" else None,
-               "cost": s.cost if s.guidance == "asag" else None, "layers": s.layers if s.guidance == "asag" else None}
-        for k in ("fd_feat", "fd_pix", "acc", "prec", "rec", "div", "sat", "s_per_img"):
-            vals = [m[k] for m in per_seed]
-            if any(v is None for v in vals):
-                row[k] = None
-                continue
-            row[k] = metrics.mean_std(vals)
-        d = [m["fd_feat"] - b["fd_feat"] for m, b in zip(per_seed, base, strict=False)]
-        row["d_fd"] = metrics.mean_std(d)
-        dp = [m["fd_pix"] - b["fd_pix"] for m, b in zip(per_seed, base, strict=False)]
-        row["d_fd_pix"] = metrics.mean_std(dp)
-        row["per_seed_fd_feat"] = [m["fd_feat"] for m in per_seed]
-        rows.append(row)
-    return rows
+# --------------------------------------------------------------------------- summaries
 
 
-def _fmt(v, digits=2, pct=False):
-    if v is None:
-        return "n/a"
-    m, s = v
-    if pct:
-        return f"{100 * m:.1f} ± {100 * s:.1f}"
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+def stats(per_seed) -> dict:
+    out = {}
+    for k in METRICS:
+        vals = [m.get(k) for m in per_seed]
+        out[k] = None if any(v is None for v in vals) else metrics.mean_std(vals)
+    out["fd_per_seed"] = [m["fd"] for m in per_seed]
+    return out
 
 
-def markdown_table(rows) -> str:
-    head = ("| setting | group | fd_feat ↓ | Δfd_feat vs CFG (paired) | fd_pix ↓ | acc % | precision % | recall % "
-            "| div (within class) | sat % | s/img |")
-    lines = [head, "|" + " --- |" * 11]
-    order = {"main": 0, "iterations": 1, "cost": 2, "scale": 3}
-    expanded = []
-    for r in rows:
-        for g in r["groups"]:
-            expanded.append((order[g], g, r))
-    for _, g, r in sorted(expanded, key=lambda t: t[0]):
-        lines.append(
-            f"| {r['name']} | {g} | {_fmt(r['fd_feat'])} | {_fmt(r['d_fd'])} | {_fmt(r['fd_pix'])} | "
-            f"{_fmt(r['acc'], pct=True)} | {_fmt(r['prec'], pct=True)} | {_fmt(r['rec'], pct=True)} | "
-            f"{_fmt(r['div'])} | {_fmt(r['sat'], pct=True)} | {_fmt(r['s_per_img'], 3)} |"
-        )
+def _flat(st: dict) -> dict:
+    """stats() with ``fd`` as the mean and ``fd_std`` beside it (the headline keys)."""
+    return {**st, "fd": st["fd"][0], "fd_std": st["fd"][1]}
+
+
+def paired(a, b) -> list:
+    """Mean ± std over seeds of the per-seed FD difference a − b (same seed, same noise)."""
+    return list(metrics.mean_std([x["fd"] - y["fd"] for x, y in zip(a, b, strict=True)]))
+
+
+def method_summary(runner, regime, cfg, method, layers, scales) -> dict:
+    sweep = {s: runner.run(Setting(regime, cfg, method, s, layers)) for s in scales}
+    best = min(scales, key=lambda s: np.mean([m["fd"] for m in sweep[s]]))
+    st = stats(sweep[best])
+    return {"best_scale": best, "fd": st["fd"][0], "fd_std": st["fd"][1], "at_best": st,
+            "sweep": [{"scale": s, **stats(sweep[s])} for s in scales], "_per_seed": sweep}
+
+
+def regime_summary(runner, regime, cfg, layers, scales, zero_scales) -> dict:
+    none = runner.run(Setting(regime, cfg))
+    out = {"cfg": cfg, "none": _flat(stats(none))}
+    for method, grid in zip(METHODS, (scales, scales, zero_scales), strict=True):
+        out[method] = method_summary(runner, regime, cfg, method, layers, grid)
+        out[method]["gain_vs_none_at_best"] = paired(out[method]["_per_seed"][out[method]["best_scale"]], none)
+    builtin = runner.run(Setting(regime, cfg, "pag_comfy_m0", BUILTIN_PAG_SCALE, "m0"))
+    out["pag_comfy_m0"] = {"scale": BUILTIN_PAG_SCALE, "layers": "m0", **_flat(stats(builtin))}
+    asag, pag, zero = (out[m]["_per_seed"] for m in METHODS)
+    out["asag_minus_pag"] = {
+        "at_best": paired(asag[out["asag"]["best_scale"]], pag[out["pag_same_layers"]["best_scale"]]),
+        "matched": {f"{s:g}": paired(asag[s], pag[s]) for s in scales},
+    }
+    out["asag_minus_zero_matched"] = {f"{s:g}": paired(asag[s], zero[s]) for s in zero_scales}
+    out["pag_minus_zero_matched"] = {f"{s:g}": paired(pag[s], zero[s]) for s in zero_scales}
+    for method in METHODS:
+        del out[method]["_per_seed"]
+    return out
+
+
+def cfg_sweep(runner, cfgs) -> list[dict]:
+    return [{"cfg": c, **stats(runner.run(Setting("conditional", c)))} for c in cfgs]
+
+
+def model_summary(runner, layers, scales, zero_scales, cfgs, today_cfg) -> dict:
+    """The three regimes: unconditional; conditional at the FD-best CFG of the sweep; at today's CFG."""
+    sweep = cfg_sweep(runner, cfgs)
+    best_cfg = min(sweep, key=lambda r: r["fd"][0])["cfg"]
+    regimes = {"unconditional": regime_summary(runner, "unconditional", 1.0, layers, scales, zero_scales),
+               "conditional": regime_summary(runner, "conditional", best_cfg, layers, scales, zero_scales)}
+    regimes["conditional"]["cfg_sweep"] = sweep
+    if today_cfg != best_cfg:
+        regimes[f"conditional_cfg{today_cfg:g}"] = regime_summary(runner, "conditional", today_cfg, layers, scales,
+                                                                    zero_scales)
+    return {"layers": layers, "regimes": regimes}
+
+
+def ablation_summary(runner, settings) -> list[dict]:
+    return [{**asdict(s), **stats(runner.run(s))} for s in settings]
+
+
+def real_floor(backend, n: int, seeds) -> list:
+    """FD of n real digits (balanced, random per seed) against all: the floor at this n."""
+    from .tiny.classifier import load_digit_images
+
+    x, y = load_digit_images()
+    g = torch.Generator().manual_seed(0)
+    floors = []
+    for _ in seeds:
+        idx = torch.cat([torch.nonzero(y == d)[:, 0][torch.randperm(int((y == d).sum()), generator=g)[: n // 10]]
+                         for d in range(10)])
+        floors.append(metrics.frechet_distance(backend.features(x[idx]), stats_b=backend.feat_stats))
+    return list(metrics.mean_std(floors))
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _ms(v, digits=1):
+    return "n/a" if v is None else f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+
+
+def markdown(name: str, summary: dict) -> str:
+    lines = [f"### model `{name}`, layers `{summary['layers']}`", "",
+             "| regime | cfg | method | scale | FD ↓ | paired Δ vs unguided | recall | div | move |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for regime, r in summary["regimes"].items():
+        row = f"| {regime} | {r['cfg']:g} |"
+        n, p = r["none"], r["pag_comfy_m0"]
+        lines.append(f"{row} none | – | {n['fd']:.1f} ± {n['fd_std']:.1f} | – | {_ms(n['rec'])} | {_ms(n['div'])} "
+                     "| 0 |")
+        for m in METHODS:
+            b = r[m]["at_best"]
+            lines.append(f"{row} {m} | {r[m]['best_scale']:g} (best) | {_ms(b['fd'])} | "
+                         f"{_ms(r[m]['gain_vs_none_at_best'])} | {_ms(b['rec'])} | {_ms(b['div'])} | "
+                         f"{_ms(b['move'], 3)} |")
+        lines.append(f"{row} built-in PAG (m0) | {p['scale']:g} | {p['fd']:.1f} ± {p['fd_std']:.1f} | – | "
+                     f"{_ms(p['rec'])} | {_ms(p['div'])} | {_ms(p['move'], 3)} |")
+        lines.append(f"{row} ASAG − PAG, each at its best (paired) | | {_ms(r['asag_minus_pag']['at_best'])} | | | | |")
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- docs output
+def headline(summary: dict) -> dict:
+    """The JSON keys the issue asks for: regimes.<r>.{none.fd, asag/pag_same_layers.{best_scale, fd}}, layers."""
+    regimes = {}
+    for name, r in summary["regimes"].items():
+        regimes[name] = {"cfg": r["cfg"], "none": {"fd": r["none"]["fd"]},
+                         **{m: {"best_scale": r[m]["best_scale"], "fd": r[m]["fd"], "fd_std": r[m]["fd_std"]}
+                            for m in METHODS},
+                         "pag_comfy_m0": {"scale": r["pag_comfy_m0"]["scale"], "fd": r["pag_comfy_m0"]["fd"]},
+                         "asag_minus_pag_at_best": r["asag_minus_pag"]["at_best"]}
+    return {"layers": summary["layers"], "regimes": regimes}
 
 
-def _sweep(rows, group, x_of):
-    pts = []
-    for r in rows:
-        if group in r["groups"] or (group == "scale" and r["guidance"] == "none" and r["cfg"] != 1.0):
-            x = x_of(r)
-            if x is not None:
-                pts.append((x, r))
-    return sorted(pts, key=lambda t: t[0])
-
-
-def write_plots(rows, out_dir, cfg_row, pag_row):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for group, x_of, xlabel, fname in (
-        ("scale", lambda r: r["scale"] if r["guidance"] in ("asag", "none") else None, "ASAG scale s",
-         "quality_vs_scale.png"),
-        ("iterations", lambda r: r["iterations"], "Sinkhorn iterations", "quality_vs_iterations.png"),
-    ):
-        pts = _sweep(rows, group, x_of)
-        if not pts:
-            continue
-        xs = [p[0] for p in pts]
-        fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
-        for ax, (key, label) in zip(axes, (("fd_feat", "classifier-feature FD ↓"), ("fd_pix", "pixel FD ↓"),
-                                           ("prec", "precision"), ("rec", "recall")), strict=False):
-            m = np.array([p[1][key][0] for p in pts])
-            s = np.array([p[1][key][1] for p in pts])
-            ax.errorbar(xs, m, yerr=s, marker="o", capsize=3, label="CFG + ASAG")
-            for ref, style, lab in ((cfg_row, "--", "CFG"), (pag_row, ":", "CFG + PAG (m0)")):
-                if ref is not None and ref[key] is not None:
-                    ax.axhline(ref[key][0], ls=style, color="grey" if style == "--" else "tab:red", label=lab)
-            ax.set_xlabel(xlabel)
-            ax.set_title(label)
-            if group == "iterations":
-                ax.set_xscale("log")
-                ax.set_xticks(xs)
-                ax.set_xticklabels([str(x) for x in xs])
-        axes[0].legend(fontsize=8)
-        fig.suptitle(f"tiny digits model, mean ± std over seeds ({group} sweep)")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, fname), dpi=90)
-        plt.close(fig)
-
-
-def write_grid(kept: dict, names: list[str], labels, path: str, per_digit: int = 2):
-    """Columns = settings (same seed, same noise), rows = digits 0-9 (per_digit samples each)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n in names if n in kept]
-    labels = list(labels)
-    idx = [[i for i, y in enumerate(labels) if y == d][:per_digit] for d in range(10)]
-    fig, axes = plt.subplots(10, len(names), figsize=(2.3 * len(names), 11))
-    for c, name in enumerate(names):
-        imgs = kept[name]
-        for d in range(10):
-            tiles = [imgs[i, 0].numpy() for i in idx[d]]
-            ax = axes[d, c]
-            ax.imshow(np.concatenate(tiles, axis=1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if d == 0:
-                ax.set_title(name, fontsize=9)
-            if c == 0:
-                ax.set_ylabel(str(d))
-    fig.suptitle("same seed and noise in every column (seed 0)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+def _json_default(o):
+    return None if isinstance(o, float) and math.isnan(o) else str(o)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -495,121 +346,127 @@ def write_grid(kept: dict, names: list[str], labels, path: str, per_digit: int =
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="< 3 min: n 30, 2 seeds, iterations 1/2, scales 0.5/1.5/3, no plots/grid")
+    p.add_argument("--quick", action="store_true", help="< 3 min: n 20, 2 seeds, scales 0.25/1, cfgs 1/3, main model")
     p.add_argument("--n", type=int, default=None, help="images per setting and seed (tiny: multiple of 10)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..seeds-1)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (tiny default 10, checkpoint 30)")
-    p.add_argument("--cfg", type=float, default=None, help="CFG scale (tiny default 3, checkpoint 5)")
-    p.add_argument("--scale", type=float, default=TINY_SCALE, help="ASAG / PAG scale of the main rows")
-    p.add_argument("--layers", default=None, help=f"ASAG layers (tiny default {TINY_LAYERS!r}, checkpoint 'auto')")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: 1 for the tiny model)")
-    p.add_argument("--out", default=None, help="folder for results JSON, plots and the sample grid (e.g. docs/)")
+    p.add_argument("--cfg", type=float, default=None, help="today's CFG (tiny default 3, checkpoint 5)")
+    p.add_argument("--layers", default=None, help=f"layers of every method (tiny {TINY_LAYERS!r}, checkpoint 'auto')")
+    p.add_argument("--models", default=None, help="tiny models, comma list of main,small (default: main,small; "
+                                                  "quick: main)")
+    p.add_argument("--no-ablations", action="store_true", help="skip the layer / λ / iteration / cost sweeps")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: 1 for the tiny models)")
+    p.add_argument("--out", default=None, help="folder for results JSON, plots and sample grids (e.g. docs/)")
     g = p.add_argument_group("real checkpoint (GPU)")
-    g.add_argument("--checkpoint", help="a .safetensors/.ckpt checkpoint with UNet/DiT, CLIP and VAE")
+    g.add_argument("--checkpoint", help="a .safetensors/.ckpt checkpoint with a U-Net, CLIP and VAE")
     g.add_argument("--prompts", help="text file, one prompt a line (the first N are used)")
     g.add_argument("--reference-dir", help="folder of reference images (e.g. COCO val2014)")
     g.add_argument("--reference-limit", type=int, default=None, help="use at most this many reference images")
     g.add_argument("--feature-weights", help="local feature network: TorchScript or torchvision inception_v3 "
-                                             "state dict; without it fd_feat is pixel-space, not FID")
+                                             "state dict; without it fd is pixel-space, not FID")
     g.add_argument("--negative", default="", help="negative prompt (default empty)")
     g.add_argument("--size", type=int, default=1024, help="image width = height")
     g.add_argument("--sampler", default="euler")
     g.add_argument("--scheduler", default="normal")
     args = p.parse_args(argv)
+    _check_paths(p, args)
+    _defaults(p, args)
+    return args
 
-    real = args.checkpoint is not None
-    if real:
-        missing = [o for o, v in (("--prompts", args.prompts), ("--reference-dir", args.reference_dir)) if not v]
-        if missing:
-            p.error(f"--checkpoint needs {' and '.join(missing)}")
-        for opt, path in (("--checkpoint", args.checkpoint), ("--prompts", args.prompts),
-                          ("--feature-weights", args.feature_weights)):
-            if path and not os.path.isfile(path):
-                p.error(f"{opt} {path}: no such file")
-        if not os.path.isdir(args.reference_dir):
-            p.error(f"--reference-dir {args.reference_dir}: no such folder")
-    elif args.prompts or args.reference_dir or args.feature_weights:
-        p.error("--prompts / --reference-dir / --feature-weights need --checkpoint")
-    q = args.quick
-    args.n = args.n or ((30 if q else 100) if not real else 1000)
-    args.seeds = args.seeds or (2 if q else 3)
-    args.steps = args.steps or (10 if not real else 30)
+
+def _check_paths(p, args):
+    if args.checkpoint is None:
+        if args.prompts or args.reference_dir or args.feature_weights:
+            p.error("--prompts / --reference-dir / --feature-weights need --checkpoint")
+        return
+    missing = [o for o, v in (("--prompts", args.prompts), ("--reference-dir", args.reference_dir)) if not v]
+    if missing:
+        p.error(f"--checkpoint needs {' and '.join(missing)}")
+    for opt, path in (("--checkpoint", args.checkpoint), ("--prompts", args.prompts),
+                      ("--feature-weights", args.feature_weights)):
+        if path and not os.path.isfile(path):
+            p.error(f"{opt} {path}: no such file")
+    if not os.path.isdir(args.reference_dir):
+        p.error(f"--reference-dir {args.reference_dir}: no such folder")
+
+
+def _defaults(p, args):
+    real, q = args.checkpoint is not None, args.quick
+    args.n = args.n or (1000 if real else (20 if q else 50))
+    args.seeds = args.seeds or (2 if q else 5)
+    args.steps = args.steps or (30 if real else 10)
     args.cfg = args.cfg if args.cfg is not None else (5.0 if real else 3.0)
     args.layers = args.layers or ("auto" if real else TINY_LAYERS)
+    args.scales = QUICK_SCALES if q else SCALES
+    args.zero_scales = QUICK_SCALES if q else ZERO_SCALES
+    args.cfgs = sorted({1.0, args.cfg} if q else set(CHECKPOINT_CFGS if real else TINY_CFGS) | {args.cfg})
+    models = args.models or ("main" if q else "main,small")
+    args.models = ["checkpoint"] if real else [m.strip() for m in models.split(",") if m.strip()]
+    bad = [m for m in args.models if m not in ("main", "small", "checkpoint")]
+    if bad:
+        p.error(f"--models {bad}: valid values are main, small")
     if not real and args.n % 10:
         p.error("--n must be a multiple of 10 (balanced digits)")
     if args.n < (2 if real else 10) or args.seeds < 1 or args.steps < 1:
         p.error("--n >= 10 (checkpoint: >= 2), --seeds >= 1, --steps >= 1")
-    return args
+
+
+def run_model(host, args, model_name, store, log) -> tuple[dict, object]:
+    if model_name == "checkpoint":
+        from .quality_backends import CheckpointBackend
+
+        backend = CheckpointBackend(host, args)
+    else:
+        from .quality_backends import TinyBackend
+
+        backend = TinyBackend(host, args.n, args.steps, model_name)
+    runner = Runner(host, backend, range(args.seeds), store, log)
+    summary = model_summary(runner, args.layers, args.scales, args.zero_scales, args.cfgs, args.cfg)
+    if backend.kind == "tiny":
+        summary["real_floor_fd"] = real_floor(backend, args.n, runner.seeds)
+    return summary, runner
 
 
 def main(argv=None):
     args = parse_args(argv)
-    real = args.checkpoint is not None
-    threads = args.threads or (None if real else 1)
+    threads = args.threads or (None if args.checkpoint else 1)
     if threads:
         torch.set_num_threads(threads)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
-    host = start_comfy_host()
-    t_start = time.perf_counter()
-    backend = CheckpointBackend(host, args) if real else TinyBackend(host, args.n, args.steps)
-    settings = build_settings(args.cfg, args.scale, args.layers, args.quick)
-    seeds = list(range(args.seeds))
-    log(f"{len(settings)} settings x {len(seeds)} seeds x {args.n} images, {args.steps} steps, "
-        f"layers {args.layers!r}, threads {torch.get_num_threads()}")
-    cfg_index = next(i for i, s in enumerate(settings) if s.guidance == "none" and s.cfg == args.cfg)
-    grid_names = [settings[cfg_index].name] + [s.name for s in settings if s.group == "main" and s.guidance != "none"
-                                              and s.cfg != 1.0]
-    results, kept = run_all(host, backend, settings, seeds, log=log, keep_images=set(grid_names))
-    rows = summarize(settings, results, cfg_index)
-    total = time.perf_counter() - t_start
-
-    real_floor = None
-    if not real:  # FD of N real digits (per seed a random balanced subset) vs all: the floor at this N
-        g = torch.Generator().manual_seed(0)
-        from benchmarks.classifier import load_digit_images
-
-        x, y = load_digit_images()
-        floors = []
-        for _ in seeds:
-            idx = torch.cat([torch.nonzero(y == d)[:, 0][torch.randperm(int((y == d).sum()), generator=g)
-                                                         [: args.n // 10]] for d in range(10)])
-            floors.append(metrics.frechet_distance(backend.features(x[idx]), stats_b=backend.feat_stats))
-        real_floor = metrics.mean_std(floors)
-
-    what = "checkpoint " + os.path.basename(args.checkpoint) if real else "tiny digits model"
-    how = f"{args.sampler}/{args.scheduler} (KSampler node)" if real else "euler/karras (comfy.sample.sample)"
-    print(f"## ASAG sample quality ({what})")
-    print()
-    print(f"{args.n} images per setting and seed, seeds {seeds}, {args.steps} steps "
-          f"{how}, CFG {args.cfg:g}, ASAG layers {args.layers!r}, "
-          f"torch threads {torch.get_num_threads()}. fd_feat = {backend.feature_name}; "
-          f"fd_pix = {backend.pixel_name}. Mean ± std over seeds.")
-    if real_floor:
-        print(f"Reference: fd_feat of {args.n} real digits vs all 1,797 = {real_floor[0]:.2f} ± {real_floor[1]:.2f}.")
-    print()
-    print(markdown_table(rows))
-    print()
-    summary = {
-        "backend": backend.kind, "n": args.n, "seeds": seeds, "steps": args.steps, "cfg": args.cfg,
-        "scale": args.scale, "layers": args.layers, "threads": torch.get_num_threads(), "quick": args.quick,
-        "feature_metric": backend.feature_name, "real_floor_fd_feat": real_floor, "seconds_total": round(total, 1),
-        "rows": rows,
-    }
+    host = start_host()
+    t0 = time.perf_counter()
+    store = None
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        tag = "quality_quick" if args.quick else "quality"
-        with open(os.path.join(args.out, f"{tag}_results.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-        cfg_row = rows[cfg_index]
-        pag_row = next((r for r in rows if r["guidance"] == "pag"), None)
-        if not args.quick:
-            write_plots(rows, args.out, cfg_row, pag_row)
-            if not real:
-                write_grid(kept, grid_names, backend.labels, os.path.join(args.out, "quality_grid.png"))
-    print(json.dumps(summary, separators=(",", ":"), default=lambda o: None if isinstance(o, float) and
-                     math.isnan(o) else str(o)))
+        store = os.path.join(args.out, f"quality{'_quick' if args.quick else ''}_results.partial.json")
+    log(f"models {args.models}, {args.seeds} seeds x {args.n} images, {args.steps} steps, layers {args.layers!r}, "
+        f"threads {torch.get_num_threads()}")
+    models, runners = {}, {}
+    for name in args.models:
+        models[name], runners[name] = run_model(host, args, name, store, log)
+    first = args.models[0]
+    if not args.quick and not args.no_ablations and first != "checkpoint":
+        models[first]["ablations"] = ablation_summary(
+            runners[first], ablation_settings(host, runners[first].backend.model, args.layers, ABLATION_SCALE))
+    result = {"backend": "checkpoint" if args.checkpoint else "tiny", "n": args.n, "seeds": list(range(args.seeds)),
+              "steps": args.steps, "quick": args.quick, "threads": torch.get_num_threads(),
+              "feature_metric": runners[first].backend.feature_name, **headline(models[first]),
+              "models": models, "seconds_total": round(time.perf_counter() - t0, 1)}
+    for name, summary in models.items():
+        print(markdown(name, summary) + "\n")
+    if args.out and not args.quick:
+        write_outputs(args, result, runners)
+    print(json.dumps({k: v for k, v in result.items() if k != "models"} if args.quick else result,
+                     separators=(",", ":"), default=_json_default))
+
+
+def write_outputs(args, result, runners):
+    with open(os.path.join(args.out, "quality_results.json"), "w") as f:
+        json.dump(result, f, indent=1, default=_json_default)
+    if result["backend"] == "tiny":
+        from . import quality_plots
+
+        quality_plots.write_all(result, runners, args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ Classifier
 ``DigitClassifier``: conv32-conv32-pool-conv64-conv64-pool-fc128-fc10 on 1x16x16
 inputs in [0, 1].  ``features(images)`` returns the 128-d penultimate activations
 (after ReLU), used for a Fréchet distance between sets of images; ``predict(images)``
-returns class indices.  Trained by ``python -m benchmarks.train_tiny`` on a stratified
+returns class indices.  Trained by ``python -m benchmarks.tiny.train`` on a stratified
 80 % split of the data (``split_indices``); the held-out 20 % gives its accuracy.
 """
 

@@ -10,8 +10,13 @@ guiders and model patches (attn1/attn2 patches and replacements, wrappers,
 ``optimized_attention_override``) all work on it like on SD1.5.
 
 It works directly on 1x16x16 pixels in [-1, 1] (latent_channels=1, scale_factor 1.0),
-trained on scikit-learn's 8x8 digits upsampled to 16x16 (see ``benchmarks.classifier``
-and ``benchmarks.train_tiny``).
+trained on scikit-learn's 8x8 digits upsampled to 16x16 (see ``benchmarks.tiny.classifier``
+and ``benchmarks.tiny.train``).
+
+Two trained models are committed (``MODELS``): ``main`` (the one every benchmark uses by
+default) and ``small``, the same layers at a third of the width (32 channels everywhere,
+2 heads) trained for far fewer steps: a weaker model with visible room for guidance to
+improve it.  Both have the same seven self-attention layers at the same resolutions.
 
 Class conditioning goes through cross-attention: a learned table
 ``class_embedding`` of shape (11, T=4, 64) -- rows 0..9 for the digits, row 10 the
@@ -20,7 +25,7 @@ handed to ComfyUI is the standard ``[[tensor(1, T, 64), {}]]``.
 
 Usage::
 
-    from benchmarks.tiny_model import load_tiny_model
+    from benchmarks.tiny.model import load_tiny_model
     import comfy.sample, torch
     tiny = load_tiny_model()
     latent = tiny.empty_latent(16)
@@ -77,6 +82,7 @@ import comfy.supported_models_base  # noqa: E402
 from .classifier import IMAGE_SIZE, NUM_CLASSES, WEIGHTS_DIR, load_digit_images  # noqa: E402,F401
 
 DEFAULT_WEIGHTS = os.path.join(WEIGHTS_DIR, "tiny_digits_unet.safetensors")
+SMALL_WEIGHTS = os.path.join(WEIGHTS_DIR, "tiny_digits_small_unet.safetensors")
 
 CONTEXT_TOKENS = 4  # T: context tokens per class
 CONTEXT_DIM = 64  # width of each context token
@@ -114,6 +120,11 @@ UNET_CONFIG = {
     "use_temporal_resblock": False,
     "dtype": torch.float32,
 }
+
+# The weaker second model: 32 channels at every level (2 heads of 16), same layers.
+SMALL_UNET_CONFIG = {**UNET_CONFIG, "channel_mult": [1, 1, 1]}
+
+MODELS = {"main": (UNET_CONFIG, DEFAULT_WEIGHTS), "small": (SMALL_UNET_CONFIG, SMALL_WEIGHTS)}
 
 
 class DigitsLatentFormat(comfy.latent_formats.LatentFormat):
@@ -157,9 +168,10 @@ def _init_torch_module(module: torch.nn.Module) -> None:
     torch.nn.init.zeros_(out.bias)
 
 
-def build_base_model(device: torch.device | str | None = None) -> comfy.model_base.BaseModel:
-    """A fresh ``BaseModel`` (EPS, uninitialised weights) with ``UNET_CONFIG``."""
-    config = TinyDigitsConfig(UNET_CONFIG)
+def build_base_model(device: torch.device | str | None = None, unet_config: dict = UNET_CONFIG
+                     ) -> comfy.model_base.BaseModel:
+    """A fresh ``BaseModel`` (EPS, uninitialised weights) with ``unet_config``."""
+    config = TinyDigitsConfig(unet_config)
     config.set_inference_dtype(torch.float32, None)
     return config.get_model({}, "", device=device)
 
@@ -169,10 +181,11 @@ def new_class_embedding(generator: torch.Generator | None = None) -> torch.Tenso
     return torch.randn(NUM_CLASSES + 1, CONTEXT_TOKENS, CONTEXT_DIM, generator=generator)
 
 
-def new_training_model(seed: int = 0) -> tuple[comfy.model_base.BaseModel, torch.nn.Parameter]:
+def new_training_model(seed: int = 0, unet_config: dict = UNET_CONFIG
+                       ) -> tuple[comfy.model_base.BaseModel, torch.nn.Parameter]:
     """``(base_model, class_embedding)`` initialised for training, on CPU."""
     torch.manual_seed(seed)
-    base = build_base_model(device="cpu")
+    base = build_base_model(device="cpu", unet_config=unet_config)
     _init_torch_module(base.diffusion_model)
     emb = torch.nn.Parameter(new_class_embedding(torch.Generator().manual_seed(seed + 1)))
     return base, emb
@@ -184,12 +197,13 @@ def alphas_cumprod(base: comfy.model_base.BaseModel) -> torch.Tensor:
     return 1.0 / (1.0 + sigmas**2)
 
 
-def save_weights(path: str, unet_state: dict, class_embedding: torch.Tensor, metadata: dict | None = None) -> None:
+def save_weights(path: str, unet_state: dict, class_embedding: torch.Tensor, metadata: dict | None = None,
+                 unet_config: dict = UNET_CONFIG) -> None:
     from safetensors.torch import save_file
 
     sd = {UNET_PREFIX + k: v.detach().float().contiguous().cpu() for k, v in unet_state.items()}
     sd[EMBEDDING_KEY] = class_embedding.detach().float().contiguous().cpu()
-    meta = {"unet_config": json.dumps({k: v for k, v in UNET_CONFIG.items() if k != "dtype"})}
+    meta = {"unet_config": json.dumps({k: v for k, v in unet_config.items() if k != "dtype"})}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file(sd, path, metadata=meta)
@@ -291,15 +305,20 @@ class TinyDigits:
 
 
 def load_tiny_model(path: str = DEFAULT_WEIGHTS) -> TinyDigits:
-    """Load the trained weights into a ComfyUI ``ModelPatcher`` (device per ComfyUI)."""
+    """Load trained weights into a ComfyUI ``ModelPatcher`` (device per ComfyUI); the UNet
+    config comes from the file's metadata, so ``MODELS["small"][1]`` loads the same way."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
+    with safe_open(path, "pt") as f:
+        stored = json.loads((f.metadata() or {}).get("unet_config", "null")) or {}
+    unet_config = {**UNET_CONFIG, **stored, "dtype": torch.float32}
     sd = load_file(path)
     emb = sd.pop(EMBEDDING_KEY).float()
     unet_sd = {k[len(UNET_PREFIX) :]: v for k, v in sd.items() if k.startswith(UNET_PREFIX)}
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
-    base = build_base_model(device=offload_device)
+    base = build_base_model(device=offload_device, unet_config=unet_config)
     missing, unexpected = base.diffusion_model.load_state_dict(unet_sd, strict=True)
     del missing, unexpected
     base.eval()

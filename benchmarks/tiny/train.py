@@ -1,18 +1,19 @@
 """Train the tiny digits diffusion model and the digit classifier, on CPU.
 
-    python -m benchmarks.train_tiny --out benchmarks/weights/ [--minutes 25] [--quick]
+    python -m benchmarks.tiny.train --out benchmarks/tiny/weights/ [--minutes 25] [--quick]
+    python -m benchmarks.tiny.train --model small --skip-classifier --steps 400 --minutes 60
 
 Data: scikit-learn's ``load_digits`` (UCI optical digits, 1,797 8x8 images, shipped
 inside the scikit-learn package).  Each image is scaled to [0, 1] (``/16``) and
 upsampled 8x8 -> 16x16 with ``torch.nn.functional.interpolate(mode="bilinear",
-align_corners=False)`` (``benchmarks.classifier.load_digit_images``); the diffusion
+align_corners=False)`` (``benchmarks.tiny.classifier.load_digit_images``); the diffusion
 model sees ``2 * image - 1`` in [-1, 1].
 
-1. Classifier (``benchmarks.classifier.DigitClassifier``): trained on a stratified 80 %
+1. Classifier (``benchmarks.tiny.classifier.DigitClassifier``): trained on a stratified 80 %
    split (seed 0; 1,437 images) with light augmentation (random shifts of up to 1 pixel
    at 16x16, Gaussian pixel noise of std 0.05), Adam lr 1e-3, batch 64; accuracy reported
    on the held-out 20 % (360 images).  Saved as ``digits_classifier.safetensors``.
-2. Diffusion model (``benchmarks.tiny_model``: ComfyUI UNetModel in a BaseModel):
+2. Diffusion model (``benchmarks.tiny.model``: ComfyUI UNetModel in a BaseModel):
    trained on all 1,797 images, no augmentation.  EPS-prediction MSE with ComfyUI's
    default discrete schedule: t uniform in 0..999, alpha-bar from the model's own
    ``model_sampling.sigmas`` (alpha_bar = 1 / (1 + sigma^2)), x_t = sqrt(ab) x0 +
@@ -119,7 +120,7 @@ def eval_loss(unet, emb, x0, labels, ab, seed: int = 1234, n: int = 512) -> floa
 
 
 def check_samples(weights_path: str, classifier: LoadedClassifier, per_class: int, cfgs=(1.0, 3.0)):
-    from .tiny_model import load_tiny_model
+    from .model import load_tiny_model
 
     tiny = load_tiny_model(weights_path)
     digits = [d for d in range(10) for _ in range(per_class)]
@@ -134,15 +135,19 @@ def check_samples(weights_path: str, classifier: LoadedClassifier, per_class: in
     return results
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="benchmarks/weights/")
+    ap.add_argument("--out", default="benchmarks/tiny/weights/")
+    ap.add_argument("--model", choices=("main", "small"), default="main",
+                    help="which UNet config (benchmarks.tiny.model.MODELS) and weights file name")
     ap.add_argument("--minutes", type=float, default=25.0, help="total wall-time budget (classifier + diffusion)")
     ap.add_argument("--steps", type=int, default=3000, help="diffusion training steps (upper bound)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     ap.add_argument("--classifier-epochs", type=int, default=15)
+    ap.add_argument("--skip-classifier", action="store_true",
+                    help="keep the classifier in --out (for a second diffusion model judged by the same classifier)")
     ap.add_argument("--check-per-class", type=int, default=10, help="samples per digit for the final check")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke run: 150 steps, 2 classifier epochs")
@@ -151,131 +156,142 @@ def main(argv=None):
         args.steps = min(args.steps, 150)
         args.classifier_epochs = 2
         args.check_per_class = min(args.check_per_class, 2)
+    return args
 
-    torch.set_num_threads(args.threads)
-    t_start = time.time()
-    budget = args.minutes * 60.0
-    os.makedirs(args.out, exist_ok=True)
 
+def classifier_step(args, images, labels) -> LoadedClassifier:
+    """Train and save the classifier, or (``--skip-classifier``) load the one in ``--out``."""
     from safetensors.torch import save_file
 
-    from .tiny_model import UNET_CONFIG, alphas_cumprod, new_training_model, save_weights
+    from .classifier import load_classifier
 
-    images, labels = load_digit_images()
+    clf_path = os.path.join(args.out, "digits_classifier.safetensors")
+    if args.skip_classifier:
+        log(f"classifier: kept {clf_path}")
+        return load_classifier(clf_path)
     train_idx, test_idx = split_indices(labels, 0.2, seed=0)
     log(f"data: {len(images)} images {tuple(images.shape[1:])}, classifier split {len(train_idx)}/{len(test_idx)}")
-
-    # 1. classifier
     clf_net, clf_acc = train_classifier(images, labels, train_idx, test_idx, args.classifier_epochs, args.seed)
-    clf_path = os.path.join(args.out, "digits_classifier.safetensors")
-    clf_sd = {k: v.contiguous() for k, v in clf_net.state_dict().items()}
-    save_file(clf_sd, clf_path, metadata={"held_out_accuracy": f"{clf_acc:.4f}"})
+    save_file({k: v.contiguous() for k, v in clf_net.state_dict().items()}, clf_path,
+              metadata={"held_out_accuracy": f"{clf_acc:.4f}"})
     log(f"classifier held-out accuracy {clf_acc:.4f} -> {clf_path}")
+    return LoadedClassifier(clf_net)
 
-    # 2. diffusion model
-    base, emb = new_training_model(args.seed)
-    unet = base.diffusion_model
-    unet.train()
-    ab = alphas_cumprod(base)
-    x0_all = images * 2.0 - 1.0
-    nparams = sum(p.numel() for p in unet.parameters()) + emb.numel()
-    log(f"unet params {nparams / 1e6:.3f}M, config {UNET_CONFIG}")
 
-    params = list(unet.parameters()) + [emb]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    ema_unet = copy.deepcopy(unet).eval()
-    ema_emb = emb.detach().clone()
-    for p in ema_unet.parameters():
-        p.requires_grad_(False)
-
-    gen = torch.Generator().manual_seed(args.seed + 7)
-    torch.manual_seed(args.seed + 7)
-    diff_budget = budget - (time.time() - t_start) - (90.0 if not args.quick else 10.0)  # leave time for the check
-    t0 = time.time()
+def learning_rate(args, step: int, progress: float) -> float:
+    """Linear warm-up, then cosine decay to 5 % following max(step progress, clock progress)."""
     warmup = min(100, args.steps // 10)
-    perm, pos = torch.randperm(len(x0_all), generator=gen), 0
-    recent = []
-    step = 0
-    while step < args.steps:
-        elapsed = time.time() - t0
-        if elapsed > diff_budget:
-            log(f"time budget reached at step {step}")
-            break
-        progress = max(step / args.steps, elapsed / max(diff_budget, 1e-6))
-        if step < warmup:
-            lr = args.lr * (step + 1) / warmup
-        else:
-            lr = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-        for g in opt.param_groups:
+    if step < warmup:
+        return args.lr * (step + 1) / warmup
+    return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+class Trainer:
+    """The diffusion model, its optimiser and EMA copy; ``step`` runs one batch."""
+
+    def __init__(self, args, unet_config, images, labels):
+        from .model import alphas_cumprod, new_training_model
+
+        self.args, self.labels = args, labels
+        base, self.emb = new_training_model(args.seed, unet_config)
+        self.unet = base.diffusion_model
+        self.unet.train()
+        self.ab = alphas_cumprod(base)
+        self.x0_all = images * 2.0 - 1.0
+        nparams = sum(p.numel() for p in self.unet.parameters()) + self.emb.numel()
+        log(f"unet params {nparams / 1e6:.3f}M, config {unet_config}")
+        self.params = list(self.unet.parameters()) + [self.emb]
+        self.opt = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.01)
+        self.ema_unet = copy.deepcopy(self.unet).eval()
+        self.ema_emb = self.emb.detach().clone()
+        for p in self.ema_unet.parameters():
+            p.requires_grad_(False)
+        self.gen = torch.Generator().manual_seed(args.seed + 7)
+        torch.manual_seed(args.seed + 7)
+        self.perm, self.pos = torch.randperm(len(self.x0_all), generator=self.gen), 0
+
+    def batch(self):
+        n = self.args.batch
+        if self.pos + n > len(self.perm):
+            self.perm, self.pos = torch.randperm(len(self.x0_all), generator=self.gen), 0
+        b = self.perm[self.pos : self.pos + n]
+        self.pos += n
+        y = self.labels[b].clone()
+        y[torch.rand(len(b), generator=self.gen) < 0.12] = 10  # class dropout, for CFG
+        return self.x0_all[b], y
+
+    def step(self, step: int, lr: float) -> float:
+        for g in self.opt.param_groups:
             g["lr"] = lr
-
-        if pos + args.batch > len(perm):
-            perm, pos = torch.randperm(len(x0_all), generator=gen), 0
-        b = perm[pos : pos + args.batch]
-        pos += args.batch
-        x0 = x0_all[b]
-        y = labels[b].clone()
-        drop = torch.rand(len(b), generator=gen) < 0.12
-        y[drop] = 10
-        t = torch.randint(0, len(ab), (len(b),), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        a = ab[t].view(-1, 1, 1, 1)
+        x0, y = self.batch()
+        t = torch.randint(0, len(self.ab), (len(x0),), generator=self.gen)
+        eps = torch.randn(x0.shape, generator=self.gen)
+        a = self.ab[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        pred = unet(xt, t.float(), context=emb[y])
-        loss = F.mse_loss(pred, eps)
-        opt.zero_grad(set_to_none=True)
+        loss = F.mse_loss(self.unet(xt, t.float(), context=self.emb[y]), eps)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, p in zip(ema_unet.parameters(), unet.parameters(), strict=True):
+            for pe, p in zip(self.ema_unet.parameters(), self.unet.parameters(), strict=True):
                 pe.lerp_(p, 1 - decay)
-            ema_emb.lerp_(emb.detach(), 1 - decay)
+            self.ema_emb.lerp_(self.emb.detach(), 1 - decay)
+        return loss.item()
 
-        recent.append(loss.item())
-        recent = recent[-200:]
+    def eval_loss(self) -> float:
+        return eval_loss(self.ema_unet, self.ema_emb, self.x0_all, self.labels, self.ab)
+
+
+def train_diffusion(args, trainer: Trainer, budget_s: float) -> tuple[int, float]:
+    """Runs until ``--steps`` or the clock; returns (steps done, mean loss of the last 200)."""
+    t0 = time.time()
+    recent, step = [], 0
+    while step < args.steps:
+        elapsed = time.time() - t0
+        if elapsed > budget_s:
+            log(f"time budget reached at step {step}")
+            break
+        lr = learning_rate(args, step, max(step / args.steps, elapsed / max(budget_s, 1e-6)))
+        recent = (recent + [trainer.step(step, lr)])[-200:]
         step += 1
         if step % 50 == 0 or step == 1:
             el = time.time() - t0
-            log(
-                f"step {step}/{args.steps} loss {loss.item():.4f} avg200 {np.mean(recent):.4f} lr {lr:.2e} "
-                f"{el / step * 1000:.0f} ms/step elapsed {el / 60:.1f} min"
-            )
+            log(f"step {step}/{args.steps} loss {recent[-1]:.4f} avg200 {np.mean(recent):.4f} lr {lr:.2e} "
+                f"{el / step * 1000:.0f} ms/step elapsed {el / 60:.1f} min")
         if step % 500 == 0:
-            log(f"step {step} eval loss (EMA, fixed noise) {eval_loss(ema_unet, ema_emb, x0_all, labels, ab):.4f}")
+            log(f"step {step} eval loss (EMA, fixed noise) {trainer.eval_loss():.4f}")
+    log(f"diffusion done: {step} steps in {(time.time() - t0) / 60:.1f} min")
+    return step, float(np.mean(recent)) if recent else float("nan")
 
-    train_time = time.time() - t0
-    final_avg = float(np.mean(recent)) if recent else float("nan")
-    ema_eval = eval_loss(ema_unet, ema_emb, x0_all, labels, ab)
-    log(
-        f"diffusion done: {step} steps in {train_time / 60:.1f} min, train loss avg(last 200) {final_avg:.4f}, "
-        f"EMA eval loss {ema_eval:.4f}"
-    )
-    w_path = os.path.join(args.out, "tiny_digits_unet.safetensors")
-    save_weights(
-        w_path,
-        ema_unet.state_dict(),
-        ema_emb,
-        metadata={
-            "steps": step,
-            "train_loss_last200": f"{final_avg:.4f}",
-            "ema_eval_loss": f"{ema_eval:.4f}",
-            "seed": args.seed,
-            "data": "sklearn load_digits (UCI optical digits, 1797 images), 8x8 -> 16x16 bilinear",
-        },
-    )
-    log(f"saved {w_path} ({os.path.getsize(w_path) / 1e6:.2f} MB)")
 
-    # 3. check samples through ComfyUI
-    accs = check_samples(w_path, LoadedClassifier(clf_net), args.check_per_class)
-    total = time.time() - t_start
-    log(
-        f"SUMMARY wall {total / 60:.1f} min | diffusion steps {step} | train loss {final_avg:.4f} | "
-        f"EMA eval loss {ema_eval:.4f} | classifier acc {clf_acc:.4f} | "
-        + " | ".join(f"cfg {c} acc {a:.3f}" for c, a in accs.items())
-    )
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    from .model import MODELS, save_weights
+
+    unet_config, default_path = MODELS[args.model]
+    images, labels = load_digit_images()
+    classifier = classifier_step(args, images, labels)
+
+    trainer = Trainer(args, unet_config, images, labels)
+    budget = args.minutes * 60.0 - (time.time() - t_start) - (90.0 if not args.quick else 10.0)
+    step, final_avg = train_diffusion(args, trainer, budget)
+    ema_eval = trainer.eval_loss()
+    w_path = os.path.join(args.out, os.path.basename(default_path))
+    meta = {"steps": step, "train_loss_last200": f"{final_avg:.4f}", "ema_eval_loss": f"{ema_eval:.4f}",
+            "seed": args.seed, "data": "sklearn load_digits (UCI optical digits, 1797 images), 8x8 -> 16x16 bilinear"}
+    save_weights(w_path, trainer.ema_unet.state_dict(), trainer.ema_emb, metadata=meta, unet_config=unet_config)
+    log(f"saved {w_path} ({os.path.getsize(w_path) / 1e6:.2f} MB), train loss avg(last 200) {final_avg:.4f}, "
+        f"EMA eval loss {ema_eval:.4f}")
+
+    accs = check_samples(w_path, classifier, args.check_per_class)
+    log(f"SUMMARY wall {(time.time() - t_start) / 60:.1f} min | model {args.model} | diffusion steps {step} | "
+        f"train loss {final_avg:.4f} | EMA eval loss {ema_eval:.4f} | "
+        + " | ".join(f"cfg {c} acc {a:.3f}" for c, a in accs.items()))
 
 
 if __name__ == "__main__":
