@@ -25,7 +25,7 @@ CATEGORY = "model_patches/asag"
 
 SCALE_TOOLTIP = (
     "ASAG strength s in x + s·(x_cond − x_adversarial), added after CFG. "
-    "1.5 is the paper's best; 0 turns ASAG off (no extra model pass)."
+    "1.5 is the paper's best; 0 turns ASAG off (no extra work at all)."
 )
 
 
@@ -179,10 +179,11 @@ class ASAGGuider(io.ComfyNode):
             display_name="ASAG Guider (CFG + ASAG)",
             category="sampling/custom_sampling/guiders",
             description=(
-                "A GUIDER for SamplerCustomAdvanced: x = x_u + cfg·(x_c − x_u) + scale·(x_c − x_adv), with cond, "
-                "uncond and the adversarial branch in one batched model call. Layer and Sinkhorn settings come "
-                "from an ASAGAdvanced-patched model if there is one (its own ASAG term is then not applied again), "
-                "else the defaults."
+                "A GUIDER for SamplerCustomAdvanced: CFGGuider with ASAG, x = x_u + cfg·(x_c − x_u) + "
+                "scale·(x_c − x_adv), with cond, uncond and the adversarial branch in one batched model call "
+                "(a separate pass if another node holds the batch slot). Layer and Sinkhorn settings come from an "
+                "ASAG/ASAGAdvanced-patched model if there is one (its ASAG term is then replaced, not applied "
+                "twice), else the defaults."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model; may already be patched by ASAG or ASAGAdvanced."),

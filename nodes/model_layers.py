@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 
 import torch
 
@@ -84,17 +85,24 @@ def layer_catalog(model_patcher) -> LayerCatalog:
     return LayerCatalog(family, dit=dit)
 
 
+_UNET_BLOCKS = weakref.WeakKeyDictionary()  # UNetModel -> {patch key: BasicTransformerBlock}
+
+
 def unet_transformer_block(diffusion_model, layer):
     """The BasicTransformerBlock of a U-Net layer (part, block id, transformer index)."""
-    for name, module in diffusion_model.named_modules():
-        m = _UNET_BLOCK_RE.match(name)
-        if not m:
-            continue
-        part = _UNET_PARTS[m.group(1) or m.group(3)]
-        block_id = 0 if part == "middle" else int(m.group(2))
-        if (part, block_id, int(m.group(4))) == layer.patch_key:
-            return module
-    raise LookupError(f"no transformer block {layer.patch_key} in this U-Net")
+    blocks = _UNET_BLOCKS.get(diffusion_model)
+    if blocks is None:  # read once per model: a U-Net has thousands of modules
+        blocks = {}
+        for name, module in diffusion_model.named_modules():
+            m = _UNET_BLOCK_RE.match(name)
+            if m:
+                part = _UNET_PARTS[m.group(1) or m.group(3)]
+                block_id = 0 if part == "middle" else int(m.group(2))
+                blocks[(part, block_id, int(m.group(4)))] = module
+        _UNET_BLOCKS[diffusion_model] = blocks
+    if layer.patch_key not in blocks:
+        raise LookupError(f"no transformer block {layer.patch_key} in this U-Net")
+    return blocks[layer.patch_key]
 
 
 def layer_module(diffusion_model, layer):
