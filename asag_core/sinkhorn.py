@@ -84,6 +84,10 @@ With ``iterations = 0`` the pattern is SDPA's: NaN in :math:`q_i` makes row
 column :math:`e` of the head's output. With ``iterations >= 1`` NaN in
 :math:`q` or :math:`k` makes the whole head NaN: every column potential sums
 over all rows. Rows without an admissible key keep their defined output, zero.
+The dense and portable paths propagate NaN by their arithmetic; PyTorch's fused
+CPU kernel does not (it treats a NaN query row like a fully masked one and
+returns 0), so :func:`adversarial_attention` sets this pattern explicitly from
+``isnan`` of the inputs, the same way on every path (O(N D), no sync).
 
 Numerics
 --------
@@ -284,6 +288,16 @@ def _auto_chunk_rows(bh: int, nk: int, budget: int) -> int:
     return max(1, budget // per_row)
 
 
+def _with_input_nans(out, q, k, v, iterations) -> torch.Tensor:
+    """``out`` with NaN where the definition puts it for NaN in q, k or v (module docstring, "NaN")."""
+    nan_q = torch.isnan(q).any(dim=-1, keepdim=True)  # (B, H, Nq, 1)
+    if iterations > 0:  # the column potentials couple all rows of a head
+        nan_q = nan_q.any(dim=-2, keepdim=True)
+    nan_k = torch.isnan(k).any(dim=-1, keepdim=True).any(dim=-2, keepdim=True)  # (B, H, 1, 1)
+    nan_v = torch.isnan(v).any(dim=-2, keepdim=True)  # (B, H, 1, Dv)
+    return out.masked_fill(nan_q | nan_k | nan_v, float("nan"))
+
+
 def _run_path(q, k, v, scale, bias, iterations, chunk_size, budget) -> torch.Tensor:
     b, h, nq, _ = q.shape
     nk = k.shape[2]
@@ -335,5 +349,5 @@ def adversarial_attention(
     bias = mask_bias(mask, (b, h, nq, kh.shape[2]), q.device, work)
 
     out = _run_path(qh, kh, vh, logit_sign(cost) * float(lam), bias, iterations, chunk_size, memory_budget_bytes)
-    out = zero_masked_rows(out, admissible(bias, -1)).to(q.dtype)
+    out = zero_masked_rows(_with_input_nans(out, qh, kh, vh, iterations), admissible(bias, -1)).to(q.dtype)
     return out if skip_output_reshape else out.transpose(1, 2).reshape(b, nq, -1)

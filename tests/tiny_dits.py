@@ -368,3 +368,20 @@ def latent(family, batch=1):
     channels, frames, height, width = LATENT[family]
     shape = (batch, channels, height, width) if frames is None else (batch, channels, frames, height, width)
     return {"samples": torch.zeros(shape)}
+
+
+def padded_conditioning(family, seed=0, batch=1, tokens=7, padding=3, left=False):
+    """``conditioning`` whose text is ``tokens - padding`` real tokens padded to ``tokens``: the
+    ``attention_mask`` ends (``left``: starts) with ``padding`` zeros, so the model builds a
+    key-padding mask (Lumina 2, HunyuanVideo, LTXV: ``(mask - 1) * finfo(dtype).max``)."""
+    if family not in ("lumina2", "hunyuan_video", "ltxv"):
+        raise ValueError(f"padded_conditioning is for lumina2, hunyuan_video or ltxv, not {family!r}")
+    keep = torch.ones(batch, tokens, dtype=torch.long)
+    if left:
+        keep[:, :padding] = 0
+    else:
+        keep[:, tokens - padding :] = 0
+    pos, neg = conditioning(family, seed=seed, batch=batch, tokens=tokens)
+    for cond in (pos, neg):
+        cond[0][1]["attention_mask"] = keep.clone()
+    return pos, neg
