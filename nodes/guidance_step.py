@@ -139,9 +139,13 @@ class ASAGStep:
 
     def _say_separate(self, options):
         holder = options.get(CALC_COND_BATCH)
-        who = getattr(holder, "__qualname__", type(holder).__name__) if holder is not None else None
-        reason = (f"another node's sampler_calc_cond_batch_function ({who}) handles this model's conds"
-                  if who else "this sampler does not batch through sampling_function")
+        if holder is None or holder is self.calc_cond_batch_function:
+            reason = "this guider evaluates the conds without sampling_function's batch hook"
+        elif step_of(holder) is not None:
+            reason = "another ASAG node holds this model's sampler_calc_cond_batch_function"
+        else:
+            who = getattr(holder, "__qualname__", type(holder).__name__)
+            reason = f"another node's sampler_calc_cond_batch_function ({who}) handles this model's conds"
         log.info("ASAG: %s, so the adversarial branch runs as a separate model pass (same result, one more "
                  "model call per step).", reason)
 

@@ -374,3 +374,27 @@ def test_two_threads_get_their_single_thread_results(host, models, family):
     for seed, outs in results.items():
         for out in outs:
             assert_relative(out, alone[seed])
+
+
+def test_a_guider_that_batches_by_itself_gets_the_separate_pass(host, models, caplog, sinkhorn_calls):
+    """PerpNegGuider evaluates its conds with calc_cond_batch directly and runs the post-CFG
+    functions itself: ASAG's term still applies, through the separate pass."""
+    from comfy_extras import nodes_custom_sampler as ncs
+    from comfy_extras.nodes_perpneg import PerpNegGuider
+
+    family = "sd15"
+    pos, neg = tiny_models.conditioning(family)
+    empty, _ = tiny_models.conditioning(family, seed=9)
+
+    def sample(model):
+        guider = PerpNegGuider.execute(model, pos, neg, empty, 4.0, 1.0).result[0]
+        noise, sampler, sigmas = _noise_sampler_sigmas(model)
+        out, _ = ncs.SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, tiny_models.latent(family))
+        return out["samples"]
+
+    plain = sample(models[family])
+    with caplog.at_level(logging.INFO, logger="comfyui-asag"):
+        guided = sample(sampling.asag_on(host, models[family], "fast", scale=1.5))
+    told = [r.getMessage() for r in caplog.records if "separate model pass" in r.getMessage()]
+    assert len(told) == 1 and "this guider evaluates the conds" in told[0]
+    assert len(sinkhorn_calls) == STEPS and (guided - plain).abs().max() > 1e-3
