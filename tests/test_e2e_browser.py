@@ -13,6 +13,9 @@ Then, in the frontend ComfyUI serves:
 * the API prompts the frontend makes of them pass ComfyUI's own ``validate_prompt``;
 * sd15_asag.json is queued from the frontend against a random-weight SD1.5-format checkpoint the
   test writes with ComfyUI's classes (64x64, 2 steps) and finishes with both images in /history.
+* each node's help (the selection toolbox's info button) shows its web/docs/<node>.md, image included;
+* with the interface language switched to Chinese (Comfy.Locale = zh) a new node's title, an input's
+  hover tooltip and the help page come from locales/zh and web/docs/<node>/zh.md.
 
 Screenshots go to test-artifacts/e2e/; ``ASAG_UPDATE_SCREENSHOTS=1`` also rewrites
 docs/screenshot_sd15_asag.png.
@@ -38,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from tests import locale_checks as lc  # noqa: E402
 from tests import workflow_checks as wc  # noqa: E402
 from tests.comfy_host import HOW_TO, find_comfyui  # noqa: E402
 
@@ -56,7 +60,10 @@ VIEWPORT = {"width": 1600, "height": 1000}
 STARTUP_PAGE_ERRORS = ("Cannot read properties of undefined (reading 'id')",)
 # Local 404s of a fresh user directory (no user.css, no saved workflows or templates yet)
 EXPECTED_LOCAL_404 = ("/user.css", "/api/userdata/user.css", "/api/userdata?dir=workflows",
-                      "/api/userdata?dir=subgraphs", "/api/userdata/comfy.templates.json")
+                      "/api/userdata?dir=subgraphs", "/api/userdata/comfy.templates.json",
+                      # the help panel asks for docs/<node>/<locale>.md first, then docs/<node>.md
+                      *(f"/extensions/comfyui-asag/docs/{node}/en.md" for node in wc.OURS))
+DOCS_DIR = os.path.join(ROOT, "web", "docs")
 
 
 def _skip_reason():
@@ -567,6 +574,122 @@ def test_sd15_runs_from_the_editor(server, page):
     screenshot(page, "sd15_asag_after_run")
     problems = page.events.problems(since)
     assert not problems, "errors in the editor while running:\n" + "\n".join(problems)
+
+
+# ------------------------------------------------------------------------------------- node docs and languages
+
+ADD_SELECTED_NODE = """(type) => {
+    app.graph.clear();
+    const node = LiteGraph.createNode(type);
+    node.pos = [300, 250];
+    app.graph.add(node);
+    app.canvas.centerOnNode(node);  // the selection toolbox floats above it, clear of the menu bar
+    app.canvas.deselectAll();
+    app.canvas.selectNode(node);
+    app.canvas.setDirty(true, true);
+    return node.id;
+}"""
+
+
+def _doc_headings(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.lstrip("#").strip() for line in f if line.startswith("#")]
+
+
+def open_help(pg, node_type):
+    """Select a new ``node_type`` node and press the selection toolbox's info button, as a user does."""
+    close_overlays(pg)
+    pg.evaluate(ADD_SELECTED_NODE, node_type)
+    button = pg.locator('[data-testid="info-button"]')
+    button.wait_for(state="visible", timeout=10_000)
+    button.click()
+    content = pg.locator(".node-help-content")
+    content.wait_for(state="visible", timeout=10_000)
+    return content
+
+
+def _help_shows(pg, content, headings, image):
+    """Wait until the help page shows every heading; return its text and the state of ``image``."""
+    pg.wait_for_function(
+        """([el, headings]) => headings.every(h => el.innerText.includes(h))""",
+        arg=[content.element_handle(), headings], timeout=15_000)
+    img = content.locator(f'img[src$="/extensions/comfyui-asag/docs/{image}"]')
+    img.wait_for(state="attached", timeout=5_000)
+    pg.wait_for_function("(el) => el.complete", arg=img.element_handle(), timeout=10_000)
+    return content.inner_text(), img.evaluate("el => el.naturalWidth")
+
+
+def _close_help(pg):
+    """Close the sidebar the help page opened in (it would cover the next node's toolbox)."""
+    pg.evaluate("""() => {
+        const tabs = app.extensionManager.sidebarTab;
+        if (tabs.activeSidebarTabId) tabs.toggleSidebarTab(tabs.activeSidebarTabId);
+        app.graph.clear();
+    }""")
+    pg.locator(".node-help-content").wait_for(state="detached", timeout=10_000)
+    close_overlays(pg)
+
+
+@pytest.mark.parametrize("node_type", wc.OURS)
+def test_node_docs_in_the_help_panel(server, page, node_type):
+    """The help panel shows web/docs/<node>.md (every heading of it), and its relative image loads."""
+    since = page.events.mark()
+    headings = _doc_headings(os.path.join(DOCS_DIR, f"{node_type}.md"))
+    assert "Inputs" in headings and "Recommended settings" in headings
+    content = open_help(page, node_type)
+    text, image_width = _help_shows(page, content, headings, "asag_in_a_graph.png")
+    screenshot(page, f"help_{node_type}")
+    _close_help(page)
+    assert image_width > 0, "the doc's image did not load from its relative path"
+    for name in wc.OUR_NODES[node_type]["required"]:
+        assert name in text, f"the help page does not mention the input {name!r}"
+    problems = page.events.problems(since)
+    assert not problems, "\n".join(problems)
+
+
+def _slot_client_position(pg, node_id, slot):
+    """Where input ``slot`` of node ``node_id`` is on the screen."""
+    return pg.evaluate("""([id, slot]) => {
+        const node = app.graph.getNodeById(id);
+        const [x, y] = app.canvas.ds.convertOffsetToCanvas(node.getConnectionPos(true, slot));
+        const rect = app.canvas.canvas.getBoundingClientRect();
+        return [rect.left + x, rect.top + y];
+    }""", [node_id, slot])
+
+
+def test_chinese_interface(server, page):
+    """Comfy.Locale = zh: a new ASAG node is titled from locales/zh, hovering its model input shows
+    the Chinese tooltip, and the help page is web/docs/ASAG/zh.md."""
+    zh = lc.load("zh", "nodeDefs.json")["ASAG"]
+    since = page.events.mark()
+    page.evaluate("async () => await app.extensionManager.setting.set('Comfy.Locale', 'zh')")
+    try:
+        page.wait_for_function("(title) => LiteGraph.registered_node_types.ASAG.title === title",
+                               arg=zh["display_name"], timeout=30_000)
+        close_overlays(page)
+        node_id = page.evaluate(ADD_SELECTED_NODE, "ASAG")
+        assert page.evaluate("(id) => app.graph.getNodeById(id).title", node_id) == zh["display_name"]
+        page.evaluate("() => app.canvas.deselectAll()")
+        x, y = _slot_client_position(page, node_id, 0)
+        page.mouse.move(x - 40, y + 40)
+        page.mouse.move(x + 2, y)
+        tooltip = page.locator(".node-tooltip")
+        tooltip.wait_for(state="visible", timeout=10_000)
+        assert tooltip.inner_text().strip() == zh["inputs"]["model"]["tooltip"]
+        screenshot(page, "zh_tooltip")
+
+        content = open_help(page, "ASAG")
+        headings = _doc_headings(os.path.join(DOCS_DIR, "ASAG", "zh.md"))
+        _, image_width = _help_shows(page, content, headings, "asag_in_a_graph.png")
+        screenshot(page, "help_ASAG_zh")
+        assert image_width > 0
+        _close_help(page)
+    finally:
+        page.evaluate("async () => await app.extensionManager.setting.set('Comfy.Locale', 'en')")
+        page.wait_for_function("(title) => LiteGraph.registered_node_types.ASAG.title === title",
+                               arg=lc.load("en", "nodeDefs.json")["ASAG"]["display_name"], timeout=30_000)
+    problems = page.events.problems(since)
+    assert not problems, "\n".join(problems)
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--write-sd15-checkpoint":
