@@ -129,7 +129,9 @@ def _run_version_check(tmp_path, before: str | None, now: str, event="push") -> 
         (repo / "pyproject.toml").write_text(f'[project]\nname = "x"\nversion = "{version}"\n')
         git("add", "pyproject.toml")
         git("commit", "-q", "--allow-empty", "-m", version)
-    subprocess.run(["bash", "-e", "-c", script], cwd=repo, env=env, check=True, capture_output=True)
+    # GitHub runs `shell: bash` steps as bash --noprofile --norc -eo pipefail
+    subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=repo, env=env,
+                   check=True, capture_output=True)
     return (tmp_path / "out").read_text().strip()
 
 
