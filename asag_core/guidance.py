@@ -81,10 +81,8 @@ def _finite(name, value, minimum=None, maximum=None):
         raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}") from None
     if not math.isfinite(x):
         raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}")
-    if minimum is not None and x < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    if maximum is not None and x > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+    if (minimum is not None and x < minimum) or (maximum is not None and x > maximum):
+        raise ValueError(f"{name} must be{bounds}, got {value!r}")
 
 
 def asag_term(cond: torch.Tensor, adversarial: torch.Tensor, scale: float) -> torch.Tensor:

@@ -116,6 +116,20 @@ class _Selector:
     token: str = ""
 
 
+def _drop_repeated_prefix(token: str, raw: str) -> str:
+    """"d0-d3" and "b4-b9" mean "d0-3" and "b4-9"; a range across prefixes ("d0-u3") is an error."""
+    m = re.match(r"^([a-z]+)[\d.]+-([a-z]+)(?=\d)", token)
+    if m is None:
+        return token
+    first, second = m.groups()
+    if first != second:
+        raise LayerSpecError(
+            f"layers: '{raw}' ranges from {first} to {second}; a range stays in one part or stack "
+            f"(e.g. {first}0-{first}3, or list both: {raw.replace('-', ', ', 1)}). {GRAMMAR_HELP}"
+        )
+    return token[: m.end(1)] + token[m.end(1):].replace(f"-{second}", "-", 1)
+
+
 def parse_layer_spec(spec: str) -> Optional[list]:
     """Parse a ``layers`` string. Returns None for ``auto``; raises LayerSpecError."""
     if not isinstance(spec, str):
@@ -130,8 +144,7 @@ def parse_layer_spec(spec: str) -> Optional[list]:
         token = raw.strip().replace(" ", "")
         if not token:
             raise LayerSpecError(f"layers '{spec}' has an empty item between commas. {GRAMMAR_HELP}")
-        # "d0-d3" and "b4-b9" are accepted as well as "d0-3" and "b4-9"
-        token = re.sub(r"-(?:[dmub]|double|single)(?=\d)", "-", token)
+        token = _drop_repeated_prefix(token, raw.strip())
         m = _UNET_RE.match(token)
         if m:
             tf = m.group("tf")

@@ -286,6 +286,10 @@ def test_any_explicit_layer_on_an_empty_model_names_the_model():
         ("d3-d1", "layers: block range 'd3-1' runs backwards (3 > 1)"),
         ("u0.5-2", "layers: transformer range 'u0.5-2' runs backwards (5 > 2)"),
         ("single20-10", "layers: block range 'single20-10' runs backwards (20 > 10)"),
+        ("m0, d0-u3", "layers: 'd0-u3' ranges from d to u; a range stays in one part or stack "
+                      f"(e.g. d0-d3, or list both: d0, u3). {GRAMMAR_HELP}"),
+        ("double0-single5", "layers: 'double0-single5' ranges from double to single; a range stays in one part "
+                            f"or stack (e.g. double0-double3, or list both: double0, single5). {GRAMMAR_HELP}"),
     ],
 )
 def test_unreadable_specs_say_why_with_the_grammar(spec, message):
