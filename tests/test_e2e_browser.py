@@ -570,6 +570,9 @@ def test_sd15_runs_from_the_editor(server, page):
         image = images[0]
         assert os.path.isfile(os.path.join(server.base, "output", image["subfolder"], image["filename"]))
         assert f"{image['subfolder']}/{image['filename']}".startswith(prefix)
+    # the workflow's ASAG node took its batched call: the separate pass says so in the log once per run
+    with open(server.log, encoding="utf-8", errors="replace") as log:
+        assert "separate model pass" not in log.read(), "sd15_asag.json ran ASAG's separate pass"
     page.wait_for_timeout(500)
     screenshot(page, "sd15_asag_after_run")
     problems = page.events.problems(since)
