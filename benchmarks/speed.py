@@ -33,17 +33,32 @@ Variants, each timed per sampling step (one guided prediction, everything the gu
                    a separate pass with U-Net middle-block self-attention replaced by V. On
                    Flux the node's U-Net patch never applies, so it is a plain extra pass
                    (the cost of a separate pass, the reference ASAG's node should match).
-``asag``           CFG + the ASAG node (post-CFG, a separate pass like PAG), default layers:
-                   the U-Net middle block (the same 10 layers PAG perturbs) / Flux double9.
-``guider``         ASAGGuider through SamplerCustomAdvanced: cond, uncond and adversarial rows
-                   in one batched call, the adversarial rows' prefix shared (nodes/shared_prefix.py).
+``asag``           CFG + the ASAG node, default layers (the U-Net middle block, the same 10 layers PAG
+                   perturbs / Flux double5), on its fast path: cond, uncond and adversarial rows in one
+                   batched call, the adversarial rows' prefix shared (nodes/guidance_step.py,
+                   nodes/shared_prefix.py).
+``node_separate``  the same node with ``sampler_calc_cond_batch_function`` held by another node (a
+                   pass-through, tests/sampling.py ``hold_batch_slot``), so its adversarial branch is a
+                   separate pass like PAG's (what ``asag`` measured before the fast path).
+``guider``         ASAGGuider through SamplerCustomAdvanced: CFGGuider's sampling_function with the same
+                   step installed (the node's fast path, by another route).
 ``guider_unshared`` the same with the prefix sharing switched off (plain batching).
+Every variant's diffusion-model calls and rows per step are counted (``calls``/``rows`` in the
+table): the fast path is 1 call of 3 rows at cfg > 1, the separate pass 2 calls.
 
 Timing: a sampler (comfy.samplers.KSAMPLER, Euler) that times each model call with
 ``time.perf_counter``, torch on 1 thread unless ``--threads`` says otherwise. One warm-up
-round, then ``repeats`` rounds that run the variants interleaved (cfg, pag, asag, guider,
-guider_unshared, cfg, ...), ``steps`` steps each; reported: the median over all steps of
-all rounds. Ratios are ratios of medians.
+round, then ``repeats`` rounds that run the variants interleaved (cfg, pag, asag, node_separate,
+guider, guider_unshared, cfg, ...), ``steps`` steps each; reported: the median over all steps
+of all rounds. Ratios are ratios of medians.
+
+The floor: what the fast path's adversarial row costs at best, i.e. the fraction of one row's
+model work that is not in the shared prefix (``shared_prefix.prefix_modules`` for the node's
+default layers; the embedders, which are not shared, count as not shared). Counted on one cond
+row of the plain model, two ways: time inside the prefix modules over the whole forward time
+(hooks, median of several calls) -> ``floor_time``; FLOPs (torch.utils.flop_counter, with
+CPU SDPA counted) -> ``floor_flops``. The ideal node / CFG is ``1 + floor_time / r``, r the
+rows of CFG's call (2; 1 at cfg 1, Flux).
 
 Memory, measured on separate runs of the same configurations (one sampling run each):
 ``peak RSS``   freed heap handed back (glibc ``malloc_trim``), VmHWM reset
@@ -52,15 +67,25 @@ Memory, measured on separate runs of the same configurations (one sampling run e
 ``torch peak`` torch.profiler with profile_memory=True: the running sum of the CPU allocator
                events during the run, its maximum (live torch CPU bytes above the start).
 ``largest``    the largest single torch CPU allocation of the run.
+The fast path's bound (``node_mem_within_third_row``): its torch peak may exceed the separate
+pass's by at most what one more row costs the plain model: ``cfg_extra_row`` (memory only: CFG
+whose batched call also computes a copy of the cond rows, through ComfyUI's calc_cond_batch)
+minus ``cfg`` - that row's activations, conditioning and output (``third_row_mib``); 1 KiB of
+slack for the shared prefix's index tensors. Its activations alone, torch peak(3 rows) - torch
+peak(2 rows) of one plain diffusion-model call on ready inputs, are reported next to it
+(``third_row_activations_mib``). At cfg 1 (Flux) the "third" row is the second.
 
-Checks beyond the table: the shared prefix equals the unshared batched call (max abs
-difference of one guided prediction); with every self-attention layer perturbed at 4096
-tokens (the U-Net at a 4x128x128 latent: 4096 tokens at level 1), no allocation as large as
-one head's dense N x N float32 matrix (full run only; see ``dense_check``); scaling of the step time with the
-token count (latent sizes) for CFG, PAG and ASAG, with the Sinkhorn attention and plain SDPA
-timed alone at the perturbed layer's shape, plotted to docs/speed_scaling.png.
+Checks beyond the table: the shared prefix equals plain batching (max abs difference of one
+guided prediction, the node's fast path and ASAGGuider, ``share_prefix`` on vs off); with
+every self-attention layer perturbed at 4096 tokens (the U-Net at a 4x128x128 latent: 4096
+tokens at level 1), no allocation as large as one head's dense N x N float32 matrix (full run
+only; see ``dense_check``); scaling of the step time with the token count (latent sizes) for
+CFG, PAG and the node on both paths, with the Sinkhorn attention and plain SDPA timed alone at
+the perturbed layer's shape, plotted to docs/speed_scaling.png.
 
-Output: a table, then exactly one JSON line (the last line of stdout).
+Output: a table, then exactly one JSON line (the last line of stdout). Top-level keys without a
+prefix are SDXL-shaped, ``flux_`` ones Flux-shaped; ``targets`` names each target after the key
+it tests (``key<=bound``).
 """
 
 from __future__ import annotations
@@ -80,14 +105,23 @@ import torch
 
 from .host import ROOT, pack_module, start_host
 
+# JSON key -> its upper bound, as the target's name shows it (unprefixed keys: SDXL-shaped; flux_: Flux-shaped)
 TARGETS = {
-    "asag_over_pag": 1.05,  # ASAG node step / PAG step, same layers
-    "guider_over_asag": 1.0,  # ASAGGuider step / ASAG node step
-    "asag_mem_over_pag": 1.10,  # ASAG node torch peak / PAG torch peak, default layers
-    "guider_over_cfg": 1.35,  # shared-prefix ASAGGuider step / CFG step, SDXL-shaped, middle block
+    "asag_over_pag": "1.05",  # ASAG node step / PAG step, same layers
+    "guider_over_asag": "1",  # ASAGGuider step / ASAG node step
+    "asag_mem_over_pag": "1.10",  # ASAG node torch peak / PAG torch peak, default layers
+    "guider_over_cfg": "1.35",  # ASAGGuider step / CFG step
+    "node_over_cfg": "1.35",  # ASAG node step (fast path) / CFG step
+    "node_over_guider": "1.03",  # ASAG node step / ASAGGuider step
+    "flux_node_over_cfg": "1.75",  # ASAG node step / CFG step, Flux-shaped (cfg 1: CFG is one row)
+    "shared_prefix_rel_diff": "1e-5",  # max |shared - unshared| / max(1, output scale)
 }
 
-VARIANTS = ("cfg", "pag", "asag", "guider", "guider_unshared")
+# the fast path's own bookkeeping (index tensors of the shared prefix: tens of bytes) next to a row of MiBs
+MEM_SLACK_BYTES = 1024
+
+VARIANTS = ("cfg", "pag", "asag", "node_separate", "guider", "guider_unshared")
+SCALING_VARIANTS = ("cfg", "pag", "asag", "node_separate")
 
 
 # ---------------------------------------------------------------------------
@@ -192,18 +226,35 @@ def make_guider(host, variant, model, positive, negative, cfg):
 
     if variant in ("guider", "guider_unshared"):
         guider = host.node("ASAGGuider").execute(model, positive, negative, cfg, 1.5).result[0]
-        guider.share_prefix = variant == "guider"
+        guider.step.share_prefix = variant == "guider"
         return guider
     if variant == "pag":
         model = PerturbedAttentionGuidance.execute(model, 3.0).result[0]
-    elif variant == "asag":
+    elif variant in ("asag", "node_separate"):
+        if variant == "node_separate":
+            from sampling import hold_batch_slot  # tests/sampling.py: how the tests force the separate pass
+
+            model = hold_batch_slot(model)
         model = host.node("ASAG").execute(model, 1.5).result[0]
-    elif variant.startswith("asag:"):  # ASAGAdvanced with explicit layers
-        model = host.node("ASAGAdvanced").execute(
-            model, 1.5, 2, 1.0, "adversarial", variant.split(":", 1)[1], -1.0, -1.0, 0.0, "full"
-        ).result[0]
+    elif variant == "cfg_extra_row":
+        model = with_extra_row(model)
     (guider,) = ncs.CFGGuider().get_guider(model, positive, negative, cfg)
     return guider
+
+
+def with_extra_row(model):
+    """A clone whose batched call also computes one more copy of the cond rows and drops it:
+    what one more row in CFG's call costs the plain model (no ASAG), inputs and output included."""
+    import comfy.samplers
+
+    def one_more_row(args):
+        conds = list(args["conds"])
+        return comfy.samplers.calc_cond_batch(args["model"], conds + [conds[0]], args["input"], args["sigma"],
+                                              args["model_options"])[:-1]
+
+    held = model.clone()
+    held.set_model_sampler_calc_cond_batch_function(one_more_row)
+    return held
 
 
 def timed_sampler(step_times):
@@ -362,18 +413,37 @@ def _window_stats(events, start_ns, stop_ns):
     return largest, peak
 
 
+@contextlib.contextmanager
+def model_calls(model):
+    """Counts the diffusion model's forward calls and the rows they computed (to tell which
+    path a variant took: the fast path is one call of cond + uncond + adversarial rows)."""
+    counts = {"calls": 0, "rows": 0}
+
+    def count(module, args):
+        counts["calls"] += 1
+        counts["rows"] += args[0].shape[0]
+
+    handle = model.model.diffusion_model.register_forward_pre_hook(count)
+    try:
+        yield counts
+    finally:
+        handle.remove()
+
+
 def memory_variants(host, model, family, size, variants, steps):
     """Peak RSS of every variant first (no profiler has run in between, whose buffers would
-    lift the RSS of later runs), then the torch allocations of every variant."""
+    lift the RSS of later runs), then the torch allocations of every variant, and the
+    diffusion model's calls and rows per step."""
     cfg = MODELS[family][3]
     positive, negative = conditioning(family, size)
     guiders = {v: make_guider(host, v, model, positive, negative, cfg) for v in variants}
     out = {}
     for v in variants:
-        run(guiders[v], model, family, size, 1)  # warm
+        with model_calls(model) as calls:
+            run(guiders[v], model, family, size, 1)  # warm
         with peak_rss() as rss:
             run(guiders[v], model, family, size, steps)
-        out[v] = dict(rss)
+        out[v] = {**rss, "model_calls_per_step": calls["calls"], "rows_per_step": calls["rows"]}
     for v in variants:
         with torch_allocations() as alloc:
             run(guiders[v], model, family, size, steps)
@@ -383,19 +453,126 @@ def memory_variants(host, model, family, size, variants, steps):
 
 
 # ---------------------------------------------------------------------------
+# the plain model: one row's activations, and the work after the first perturbed layer
+# ---------------------------------------------------------------------------
+
+def model_inputs(host, model, family, size):
+    """The diffusion model's inputs (args, kwargs) of one CFG step, as ComfyUI hands them over."""
+    seen = []
+
+    def capture(module, args, kwargs):
+        if not seen:
+            seen.append((args, kwargs))
+
+    handle = model.model.diffusion_model.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        run(make_guider(host, "cfg", model, *conditioning(family, size), MODELS[family][3]), model, family, size, 1)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _rows(inputs, n):
+    """The inputs with every batch-leading tensor made of ``n`` copies of row 0 (the plain
+    model, no patches: empty transformer_options)."""
+    args, kwargs = inputs
+    batch = args[0].shape[0]
+
+    def pick(obj):
+        if isinstance(obj, torch.Tensor) and obj.ndim > 0 and obj.shape[0] == batch:
+            return obj[[0] * n].clone()
+        return obj
+
+    return [pick(a) for a in args], {k: ({} if k == "transformer_options" else pick(v)) for k, v in kwargs.items()}
+
+
+def row_activations(model, inputs, rows=(1, 2, 3)):
+    """torch peak (live CPU bytes above the start) of one plain model call with 1, 2 and 3
+    rows; the third row's activations are peak(3) - peak(2)."""
+    dm = model.model.diffusion_model
+    peaks = {}
+    for n in rows:
+        args, kwargs = _rows(inputs, n)
+        dm(*args, **kwargs)  # warm
+        with torch_allocations() as alloc:
+            dm(*args, **kwargs)
+        peaks[n] = alloc["torch_peak"]
+    return peaks
+
+
+def _cpu_sdpa_flops(q, k, v, *args, out_shape=None, **kwargs):
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(q, k, v)
+
+
+def work_after_prefix(host, model, inputs, repeats):
+    """The fraction of one cond row's model work that is NOT in the shared prefix (the modules
+    ``shared_prefix.prefix_modules`` lists for the ASAG node's default layers): the part the
+    fast path's adversarial row adds to the batched call. Measured two ways on one row of the
+    plain model: forward time (median over ``repeats`` calls) and FLOPs (torch's FLOP counter,
+    matmuls, convolutions and attention; elementwise work uncounted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    node_model = host.node("ASAG").execute(model, 1.5).result[0]
+    plan = pack_module(host, "nodes.guidance_nodes").carried_plan(node_model.model_options)
+    dm = model.model.diffusion_model
+    prefix = pack_module(host, "nodes.shared_prefix").prefix_modules(dm, plan.layers)
+    args, kwargs = _rows(inputs, 1)
+    clock = {"in": 0.0, "start": 0.0}
+    flops = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops})
+
+    def enter(module, a):
+        clock["start"] = time.perf_counter()
+        clock["flops_start"] = flops.get_total_flops()
+
+    def leave(module, a, out):
+        clock["in"] += time.perf_counter() - clock["start"]
+        clock["flops_in"] = clock.get("flops_in", 0) + flops.get_total_flops() - clock["flops_start"]
+
+    handles = [h for m in prefix for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        dm(*args, **kwargs)  # warm
+        shares = []
+        for _ in range(repeats):
+            clock["in"] = 0.0
+            start = time.perf_counter()
+            dm(*args, **kwargs)
+            shares.append(clock["in"] / (time.perf_counter() - start))
+        clock["flops_in"] = 0
+        with flops:
+            dm(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    total = flops.get_total_flops()
+    return {"floor_time": 1.0 - statistics.median(shares), "floor_flops": 1.0 - clock["flops_in"] / total,
+            "prefix_modules": len(prefix), "perturbed_layers": len(plan.layers), "gflops_per_row": total / 1e9}
+
+
+# ---------------------------------------------------------------------------
 # checks
 # ---------------------------------------------------------------------------
 
 def shared_prefix_diff(host, model, family, size):
-    """Max abs difference of one guided prediction (an Euler step to sigma 0), shared vs not."""
+    """Max abs difference of one guided prediction (an Euler step to sigma 0) with the
+    adversarial rows' prefix shared vs computed (plain batching), for the ASAG node's fast
+    path and ASAGGuider; and the output scale."""
     cfg = MODELS[family][3]
     positive, negative = conditioning(family, size)
-    outs = {}
-    for v in ("guider", "guider_unshared"):
-        guider = make_guider(host, v, model, positive, negative, cfg)
-        outs[v] = run(guider, model, family, size, 1, seed=3)[1]
-    diff = float((outs["guider"] - outs["guider_unshared"]).abs().max())
-    return diff, float(outs["guider_unshared"].abs().max())
+    carried_step = pack_module(host, "nodes.guidance_step").carried_step
+    diffs, scale = {}, 0.0
+    for who in ("node", "guider"):
+        outs = {}
+        for share in (True, False):
+            guider = make_guider(host, "asag" if who == "node" else "guider", model, positive, negative, cfg)
+            step = carried_step(guider.model_options) if who == "node" else guider.step
+            step.share_prefix = share
+            outs[share] = run(guider, model, family, size, 1, seed=3)[1]
+        diffs[who] = float((outs[True] - outs[False]).abs().max())
+        scale = max(scale, float(outs[False].abs().max()))
+    return diffs, scale
 
 
 DENSE_CHECK_HEAD_CHANNELS = 8
@@ -414,7 +591,7 @@ def dense_check(host, size):
     guidance = pack_module(host, "nodes.guidance_nodes")
     layers = "d0-d3, m0, u0-u5"
     patched = host.node("ASAGAdvanced").execute(
-        model, 1.5, 2, 1.0, "adversarial", layers, -1.0, -1.0, 0.0, "full"
+        model, 1.5, 2, 1.0, "adversarial", layers, 0.0, 1.0, 0.0, "full"
     ).result[0]
     plan = guidance.carried_plan(patched.model_options)
     positive, negative = conditioning("sdxl", size)
@@ -546,22 +723,22 @@ def plot(path, scaling):
         tokens = [r["tokens"] for r in rows]
         ax = axes[0][col]
         for key, label, style in (("cfg", "CFG", "o-"), ("pag", "CFG + PAG (separate pass)", "s-"),
-                                  ("asag", "CFG + ASAG node (separate pass)", "^-"),
-                                  ("guider", "ASAGGuider (batched, shared prefix)", "v-")):
+                                  ("asag", "CFG + ASAG node (batched, shared prefix)", "^-"),
+                                  ("node_separate", "CFG + ASAG node, separate pass (slot held)", "v--")):
             ax.plot(tokens, [r["step"][key] * 1e3 for r in rows], style, label=label)
         ax.set_title(titles[fam], fontsize=10)
         ax.set_ylabel("ms per sampling step (median)")
         ax2 = axes[1][col]
         ax2.plot(tokens, [r["attention"]["sinkhorn_in_asag_step"] * 1e3 for r in rows], "r^-",
-                 label="Sinkhorn attention inside the ASAG step (measured in the run)")
+                 label="Sinkhorn attention inside the ASAG separate-pass step (measured in the run)")
         ax2.plot(tokens, [r["attention"]["sinkhorn_per_step"] * 1e3 for r in rows], "r:",
                  label="Sinkhorn attention alone x perturbed layers")
         ax2.plot(tokens, [r["attention"]["sdpa_per_step"] * 1e3 for r in rows], "gs:",
                  label="plain SDPA alone x the same layers (attention's own cost)")
-        added = [(t, (r["step"]["asag"] - r["step"]["pag"]) * 1e3) for t, r in zip(tokens, rows, strict=True)]
+        added = [(t, (r["step"]["node_separate"] - r["step"]["pag"]) * 1e3) for t, r in zip(tokens, rows, strict=True)]
         pos = [(t, a) for t, a in added if a > 0]
         if pos:
-            ax2.plot(*zip(*pos, strict=True), "kx", label="ASAG node step - PAG step (where > 0; noisy)")
+            ax2.plot(*zip(*pos, strict=True), "kx", label="ASAG separate-pass step - PAG step (where > 0; noisy)")
         ref = rows[-1]["attention"]["sdpa_per_step"] * 1e3
         ax2.plot(tokens, [ref * (t / tokens[-1]) ** 2 for t in tokens], color="0.6", lw=0.8, label="slope N^2")
         ax2.set_ylabel("ms per sampling step")
@@ -582,6 +759,200 @@ def main(argv=None):
     # ComfyUI runs every prompt under inference mode (execution.py); so does this benchmark
     with torch.inference_mode(), contextlib.ExitStack() as stack:
         _main(argv, stack)
+
+
+def measure_family(host, family, repeats, steps, quick, timer):
+    """Everything at the family's default size: step times, memory, the plain model's row
+    activations and work after the prefix, the shared-prefix check."""
+    builder, _, size, _, _ = MODELS[family]
+    model = builder()
+    step, in_run = time_variants(host, model, family, size, VARIANTS, repeats, steps, timer)
+    inputs = model_inputs(host, model, family, size)
+    diffs, scale = shared_prefix_diff(host, model, family, size)
+    result = {"step": {v: statistics.median(t) for v, t in step.items()},
+              "step_min": {v: min(t) for v, t in step.items()}, "sinkhorn_in_step": in_run,
+              "samples": {v: len(t) for v, t in step.items()},
+              "memory": memory_variants(host, model, family, size, VARIANTS + ("cfg_extra_row",), 1 if quick else 2),
+              "row_peaks": row_activations(model, inputs),
+              "work": work_after_prefix(host, model, inputs, 5 if quick else 15),
+              "shared_prefix_max_abs_diff": diffs, "output_scale": scale}
+    return model, result
+
+
+def measure_scaling(host, model, family, sizes, repeats, steps, quick, timer):
+    rows = []
+    for size in sizes:
+        big = size > MODELS[family][2]
+        step, in_run = time_variants(host, model, family, size, SCALING_VARIANTS,
+                                     3 if big else max(3, repeats // 2), steps, timer)
+        if family == "sdxl":
+            channels = SDXL_SHAPE["model_channels"] * SDXL_SHAPE["channel_mult"][-1]
+            dim = SDXL_SHAPE["num_head_channels"]
+            tokens, heads, layers = (size // 4) ** 2, channels // dim, SDXL_SHAPE["transformer_depth_middle"]
+        else:
+            heads, dim = FLUX_SHAPE["num_heads"], FLUX_SHAPE["hidden_size"] // FLUX_SHAPE["num_heads"]
+            tokens, layers = (size // 2) ** 2 + MODELS["flux"][4], 1
+        alone = attention_alone(tokens, heads, dim, 5 if quick else 9, timer.real)
+        rows.append({"latent": size, "tokens": tokens, "step": {v: statistics.median(t) for v, t in step.items()},
+                     "attention": {"sdpa_per_step": alone["sdpa"] * layers,
+                                   "sinkhorn_per_step": alone["sinkhorn"] * layers,
+                                   "sinkhorn_in_asag_step": in_run["node_separate"]}})
+    return rows
+
+
+def cfg_rows(family):
+    """Rows of CFG's batched call: cond + uncond, or cond alone at cfg 1 (ComfyUI skips uncond)."""
+    return 1 if MODELS[family][3] == 1.0 else 2
+
+
+def ratios(family, r):
+    s, m, work = r["step"], r["memory"], r["work"]
+    extra_row = m["cfg_extra_row"]["torch_peak"] - m["cfg"]["torch_peak"]
+    mem_rise = m["asag"]["torch_peak"] - m["node_separate"]["torch_peak"]
+    return {
+        "node_over_cfg": s["asag"] / s["cfg"],
+        "ideal_node_over_cfg": 1 + work["floor_time"] / cfg_rows(family),
+        "floor_time": work["floor_time"],
+        "floor_flops": work["floor_flops"],
+        "node_over_guider": s["asag"] / s["guider"],
+        # on the fastest step of each variant: contention on a shared machine only adds time
+        "node_over_cfg_min": r["step_min"]["asag"] / r["step_min"]["cfg"],
+        "node_over_guider_min": r["step_min"]["asag"] / r["step_min"]["guider"],
+        "pag_over_cfg_min": r["step_min"]["pag"] / r["step_min"]["cfg"],
+        "node_separate_over_cfg": s["node_separate"] / s["cfg"],
+        "node_separate_over_pag": s["node_separate"] / s["pag"],
+        "guider_over_cfg": s["guider"] / s["cfg"],
+        "pag_over_cfg": s["pag"] / s["cfg"],
+        "guider_unshared_over_cfg": s["guider_unshared"] / s["cfg"],
+        "asag_over_pag": s["asag"] / s["pag"],
+        "guider_over_asag": s["guider"] / s["asag"],
+        "asag_mem_over_pag": m["asag"]["torch_peak"] / m["pag"]["torch_peak"],
+        "guider_mem_over_pag": m["guider"]["torch_peak"] / m["pag"]["torch_peak"],
+        "asag_rss_over_pag": m["asag"]["peak_rss"] / m["pag"]["peak_rss"],
+        "node_mem_over_separate": m["asag"]["torch_peak"] / m["node_separate"]["torch_peak"],
+        "node_mem_rise_over_separate_mib": mem_rise / 2**20,
+        # the added row in sampling: its activations, conditioning and output (CFG + one row - CFG)
+        "third_row_mib": extra_row / 2**20,
+        # the added row's activations alone: one plain model call, peak(3 rows) - peak(2 rows)
+        "third_row_activations_mib": (r["row_peaks"][3] - r["row_peaks"][2]) / 2**20,
+        "node_mem_excess_over_third_row_bytes": mem_rise - extra_row,
+        "node_mem_within_third_row": mem_rise <= extra_row + MEM_SLACK_BYTES,
+    }
+
+
+def family_lines(family, r):
+    size = MODELS[family][2]
+    lines = [f"{family}-shaped, latent {MODELS[family][1]}x{size}x{size}, cfg {MODELS[family][3]}, "
+             f"median of {r['samples']['cfg']} steps per variant",
+             f"| {'variant':<16} | {'ms/step':>8} | {'x CFG':>6} | {'min ms':>8} | {'calls':>5} | {'rows':>4} | "
+             f"{'Sinkhorn ms':>11} | {'peak RSS MiB':>12} | {'RSS +MiB':>8} | {'torch peak MiB':>14} | "
+             f"{'largest alloc MiB':>17} |",
+             "|" + "|".join("-" * (w + 2) for w in (16, 8, 6, 8, 5, 4, 11, 12, 8, 14, 17)) + "|"]
+    for v in r["memory"]:
+        m, t = r["memory"][v], r["step"].get(v)
+        time_cols = (f"{t * 1e3:8.1f} | {t / r['step']['cfg']:6.3f} | {r['step_min'][v] * 1e3:8.1f}" if t else
+                     f"{'-':>8} | {'-':>6} | {'-':>8}")
+        lines.append(f"| {v:<16} | {time_cols} | "
+                     f"{m['model_calls_per_step']:>5} | {m['rows_per_step']:>4} | "
+                     f"{r['sinkhorn_in_step'].get(v, 0.0) * 1e3:11.1f} | {_mib(m['peak_rss']):>12} | "
+                     f"{_mib(m['peak_rss_extra']):>8} | {_mib(m['torch_peak']):>14} | {_mib(m['torch_largest']):>17} |")
+    rr = ratios(family, r)
+    work = r["work"]
+    lines += [
+        f"  node / CFG {rr['node_over_cfg']:.3f} "
+        f"(ideal 1 + floor/{cfg_rows(family)} = {rr['ideal_node_over_cfg']:.3f}); "
+        f"floor = work after the first perturbed layer: {work['floor_time']:.3f} of one row's forward time, "
+        f"{work['floor_flops']:.3f} of its FLOPs ({work['gflops_per_row']:.2f} GFLOP/row, "
+        f"{work['prefix_modules']} prefix modules)",
+        "  " + ", ".join(f"{k} {v:.3f}" for k, v in rr.items() if isinstance(v, float)),
+        f"  memory: node fast path torch peak - node separate pass = {rr['node_mem_rise_over_separate_mib']:.2f} MiB; "
+        f"one more row in CFG's call (cfg_extra_row - cfg) = {rr['third_row_mib']:.2f} MiB, of which activations "
+        f"(one plain model call, peak 3 rows - 2 rows) {rr['third_row_activations_mib']:.2f} MiB; "
+        f"excess over that row {rr['node_mem_excess_over_third_row_bytes']} bytes; within one more row "
+        f"(+{MEM_SLACK_BYTES} bytes): {rr['node_mem_within_third_row']}",
+        f"  shared prefix: max |shared - unshared| node {r['shared_prefix_max_abs_diff']['node']:.3g}, guider "
+        f"{r['shared_prefix_max_abs_diff']['guider']:.3g} (output scale {r['output_scale']:.3g})",
+        "",
+    ]
+    return lines
+
+
+def scaling_lines(family, rows):
+    lines = [f"scaling, {family}-shaped: ms per step (median); Sinkhorn in-run = inside the node's separate-pass "
+             "step; alone = the attention call alone x perturbed layers",
+             f"| {'latent':>6} | {'tokens':>6} | {'cfg':>8} | {'pag':>8} | {'asag':>8} | {'separate':>8} | "
+             f"{'sep-pag':>8} | {'Sk in-run':>9} | {'Sk alone':>8} | {'SDPA alone':>10} |",
+             "|" + "|".join("-" * (w + 2) for w in (6, 6, 8, 8, 8, 8, 8, 9, 8, 10)) + "|"]
+    for row in rows:
+        s, a = row["step"], row["attention"]
+        lines.append(f"| {row['latent']:>6} | {row['tokens']:>6} | {s['cfg'] * 1e3:8.1f} | {s['pag'] * 1e3:8.1f} | "
+                     f"{s['asag'] * 1e3:8.1f} | {s['node_separate'] * 1e3:8.1f} | "
+                     f"{(s['node_separate'] - s['pag']) * 1e3:8.1f} | {a['sinkhorn_in_asag_step'] * 1e3:9.1f} | "
+                     f"{a['sinkhorn_per_step'] * 1e3:8.1f} | {a['sdpa_per_step'] * 1e3:10.2f} |")
+    return lines + [""]
+
+
+def dense_lines(dense):
+    lines = [
+        f"every self-attention layer perturbed ({dense['perturbed_layers']} layers, U-Net latent "
+        f"{dense['latent']}, {dense['num_head_channels']} channels per head), one ASAG node step at cfg 1: "
+        f"{dense['step_seconds']:.1f} s, torch peak {_mib(dense['torch_peak_bytes'])} MiB, "
+        f"largest allocation {_mib(dense['largest_alloc_bytes'])} MiB "
+        f"(outside the Sinkhorn calls, i.e. ComfyUI's own attention and the rest: "
+        f"{_mib(dense['largest_alloc_outside_sinkhorn_bytes'])} MiB)",
+        f"| {'tokens':>6} | {'heads':>5} | {'calls':>5} | {'dense logits MiB':>16} | "
+        f"{'largest alloc in call MiB':>25} | {'peak rise in call MiB':>21} |",
+        "|" + "|".join("-" * (w + 2) for w in (6, 5, 5, 16, 25, 21)) + "|"]
+    for n, row in dense["sinkhorn_calls_by_tokens"].items():
+        lines.append(f"| {n:>6} | {row['heads']:>5} | {row['calls']:>5} | {_mib(row['dense_logits_bytes']):>16} | "
+                     f"{_mib(row['largest_alloc_bytes']):>25} | {_mib(row['peak_extra_bytes']):>21} |")
+    lines.append(f"  at {dense['max_tokens']} tokens one head's N x N is {_mib(dense['one_head_nxn_bytes'])} MiB; "
+                 f"no allocation that large: {dense['no_dense_nxn_per_head']} (budget "
+                 f"{_mib(dense['memory_budget_bytes'])} MiB)")
+    return lines
+
+
+def shared_prefix_rel_diff(results):
+    """The shared-prefix difference relative to the output scale (at least 1), worst case."""
+    return max(max(r["shared_prefix_max_abs_diff"].values()) / max(1.0, r["output_scale"]) for r in results.values())
+
+
+def headline(results):
+    """The top-level JSON keys: unprefixed = SDXL-shaped, ``flux_`` = Flux-shaped."""
+    sdxl, flux = ratios("sdxl", results["sdxl"]), ratios("flux", results["flux"])
+    keys = ("node_over_cfg", "ideal_node_over_cfg", "floor_time", "floor_flops", "node_over_guider",
+            "node_separate_over_cfg", "node_separate_over_pag", "guider_over_cfg", "pag_over_cfg",
+            "node_mem_over_separate", "node_mem_rise_over_separate_mib", "third_row_mib", "third_row_activations_mib")
+    out = {
+        "asag_over_pag": sdxl["asag_over_pag"],
+        "guider_over_asag": sdxl["guider_over_asag"],
+        "asag_over_cfg": sdxl["guider_over_cfg"],  # historical name: ASAGGuider / CFG
+        "asag_node_over_cfg": sdxl["node_over_cfg"],
+        "guider_unshared_over_cfg": sdxl["guider_unshared_over_cfg"],
+        "asag_mem_over_pag": sdxl["asag_mem_over_pag"],
+        "asag_rss_over_pag": sdxl["asag_rss_over_pag"],
+    }
+    for k in keys:
+        out[k] = sdxl[k]
+        out["flux_" + k] = flux[k]
+    out = {k: round(v, 4) for k, v in out.items()}
+    out["node_mem_excess_over_third_row_bytes"] = sdxl["node_mem_excess_over_third_row_bytes"]
+    out["flux_node_mem_excess_over_third_row_bytes"] = flux["node_mem_excess_over_third_row_bytes"]
+    out["shared_prefix_max_abs_diff"] = max(max(r["shared_prefix_max_abs_diff"].values()) for r in results.values())
+    out["shared_prefix_rel_diff"] = shared_prefix_rel_diff(results)
+    out["node_mem_within_third_row"] = sdxl["node_mem_within_third_row"]
+    out["flux_node_mem_within_third_row"] = flux["node_mem_within_third_row"]
+    return out
+
+
+def targets_met(head, dense):
+    """Each target named after the JSON key it tests."""
+    targets = {f"{key}<={limit}": head[key] <= float(limit) for key, limit in TARGETS.items()}
+    targets["node_mem_within_third_row"] = head["node_mem_within_third_row"]
+    targets["flux_node_mem_within_third_row"] = head["flux_node_mem_within_third_row"]
+    if dense is not None:
+        targets["no_dense_nxn_per_head_at_4096"] = dense["no_dense_nxn_per_head"]
+    return targets
 
 
 def _main(argv, stack):
@@ -607,41 +978,16 @@ def _main(argv, stack):
     timer = stack.enter_context(SinkhornTimer(host))
     started = time.perf_counter()
     info = machine()
-    results = {}
-    models = {}
+    results, models = {}, {}
     for family in ("sdxl", "flux"):
-        builder, _, size, _, _ = MODELS[family]
-        models[family] = model = builder()
-        step, in_run = time_variants(host, model, family, size, VARIANTS, repeats, args.steps, timer)
-        med = {v: statistics.median(t) for v, t in step.items()}
-        mem = memory_variants(host, model, family, size, VARIANTS, 1 if quick else 2)
-        diff, scale = shared_prefix_diff(host, model, family, size)
-        results[family] = {"step": med, "sinkhorn_in_step": in_run, "samples": {v: len(t) for v, t in step.items()},
-                           "memory": mem, "shared_prefix_max_abs_diff": diff, "output_scale": scale}
+        models[family], results[family] = measure_family(host, family, repeats, args.steps, quick, timer)
         print(f"[{family}] done at {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
-    # scaling with the token count
-    scaling = {}
     sizes = {"sdxl": [24, 56] if quick else [24, 40, 56, 72], "flux": [16, 32] if quick else [16, 32, 48, 64]}
+    scaling = {}
     for family in ("sdxl", "flux"):
-        rows = []
-        for size in sizes[family]:
-            big = size > MODELS[family][2]
-            step, in_run = time_variants(host, models[family], family, size, ("cfg", "pag", "asag", "guider"),
-                                         3 if big else max(3, repeats // 2), args.steps, timer)
-            if family == "sdxl":
-                channels = SDXL_SHAPE["model_channels"] * SDXL_SHAPE["channel_mult"][-1]
-                dim = SDXL_SHAPE["num_head_channels"]
-                tokens, heads, layers = (size // 4) ** 2, channels // dim, SDXL_SHAPE["transformer_depth_middle"]
-            else:
-                heads, dim = FLUX_SHAPE["num_heads"], FLUX_SHAPE["hidden_size"] // FLUX_SHAPE["num_heads"]
-                tokens, layers = (size // 2) ** 2 + MODELS["flux"][4], 1
-            alone = attention_alone(tokens, heads, dim, 5 if quick else 9, timer.real)
-            rows.append({"latent": size, "tokens": tokens, "step": {v: statistics.median(t) for v, t in step.items()},
-                         "attention": {"sdpa_per_step": alone["sdpa"] * layers,
-                                       "sinkhorn_per_step": alone["sinkhorn"] * layers,
-                                       "sinkhorn_in_asag_step": in_run["asag"]}})
-        scaling[family] = rows
+        scaling[family] = measure_scaling(host, models[family], family, sizes[family], repeats, args.steps, quick,
+                                          timer)
         print(f"[scaling {family}] done at {time.perf_counter() - started:.0f}s", file=sys.stderr)
     if plot_path:
         plot(plot_path, scaling)
@@ -651,109 +997,38 @@ def _main(argv, stack):
     if dense is not None:
         print(f"[4096 tokens] done at {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
-    # ---- table ----
-    def ratios(r):
-        s, m = r["step"], r["memory"]
-        return {
-            "asag_over_pag": s["asag"] / s["pag"],
-            "guider_over_asag": s["guider"] / s["asag"],
-            "guider_over_cfg": s["guider"] / s["cfg"],
-            "asag_node_over_cfg": s["asag"] / s["cfg"],
-            "pag_over_cfg": s["pag"] / s["cfg"],
-            "guider_unshared_over_cfg": s["guider_unshared"] / s["cfg"],
-            "asag_mem_over_pag": m["asag"]["torch_peak"] / m["pag"]["torch_peak"],
-            "guider_mem_over_pag": m["guider"]["torch_peak"] / m["pag"]["torch_peak"],
-            "asag_rss_over_pag": (m["asag"]["peak_rss"] / m["pag"]["peak_rss"]),
-        }
-
     lines = ["", f"ASAG speed benchmark ({'quick' if quick else 'full'}), CPU float32, {info['cpu']}, "
              f"{info['torch_threads']} threads, torch {info['torch']}, ComfyUI {info['comfyui']}", ""]
     for family, r in results.items():
-        size = MODELS[family][2]
-        lines.append(f"{family}-shaped, latent {MODELS[family][1]}x{size}x{size}, cfg {MODELS[family][3]}, "
-                     f"median of {r['samples']['cfg']} steps per variant")
-        lines.append(f"| {'variant':<16} | {'ms/step':>8} | {'x CFG':>6} | {'Sinkhorn ms':>11} | "
-                     f"{'peak RSS MiB':>12} | {'RSS +MiB':>8} | {'torch peak MiB':>14} | {'largest alloc MiB':>17} |")
-        lines.append("|" + "|".join("-" * (w + 2) for w in (16, 8, 6, 11, 12, 8, 14, 17)) + "|")
-        for v in VARIANTS:
-            m = r["memory"][v]
-            lines.append(f"| {v:<16} | {r['step'][v] * 1e3:8.1f} | {r['step'][v] / r['step']['cfg']:6.3f} | "
-                         f"{r['sinkhorn_in_step'][v] * 1e3:11.1f} | {_mib(m['peak_rss']):>12} | "
-                         f"{_mib(m['peak_rss_extra']):>8} | {_mib(m['torch_peak']):>14} | "
-                         f"{_mib(m['torch_largest']):>17} |")
-        rr = ratios(r)
-        lines.append("  " + ", ".join(f"{k} {v:.3f}" for k, v in rr.items()))
-        lines.append(f"  shared prefix: max |shared - unshared| = {r['shared_prefix_max_abs_diff']:.3g} "
-                     f"(output scale {r['output_scale']:.3g})")
-        lines.append("")
+        lines += family_lines(family, r)
     for family, rows in scaling.items():
-        lines.append(f"scaling, {family}-shaped: ms per step (median); Sinkhorn in-run = inside the ASAG node's "
-                     "step; alone = the attention call alone x perturbed layers")
-        lines.append(f"| {'latent':>6} | {'tokens':>6} | {'cfg':>8} | {'pag':>8} | {'asag':>8} | {'guider':>8} | "
-                     f"{'asag-pag':>8} | {'Sk in-run':>9} | {'Sk alone':>8} | {'SDPA alone':>10} |")
-        lines.append("|" + "|".join("-" * (w + 2) for w in (6, 6, 8, 8, 8, 8, 8, 9, 8, 10)) + "|")
-        for row in rows:
-            s = row["step"]
-            lines.append(f"| {row['latent']:>6} | {row['tokens']:>6} | {s['cfg'] * 1e3:8.1f} | {s['pag'] * 1e3:8.1f} | "
-                         f"{s['asag'] * 1e3:8.1f} | {s['guider'] * 1e3:8.1f} | {(s['asag'] - s['pag']) * 1e3:8.1f} | "
-                         f"{row['attention']['sinkhorn_in_asag_step'] * 1e3:9.1f} | "
-                         f"{row['attention']['sinkhorn_per_step'] * 1e3:8.1f} | "
-                         f"{row['attention']['sdpa_per_step'] * 1e3:10.2f} |")
-        lines.append("")
+        lines += scaling_lines(family, rows)
     if dense is not None:
-        lines.append(
-            f"every self-attention layer perturbed ({dense['perturbed_layers']} layers, U-Net latent "
-            f"{dense['latent']}, {dense['num_head_channels']} channels per head), one ASAG node step at cfg 1: "
-            f"{dense['step_seconds']:.1f} s, torch peak {_mib(dense['torch_peak_bytes'])} MiB, "
-            f"largest allocation {_mib(dense['largest_alloc_bytes'])} MiB "
-            f"(outside the Sinkhorn calls, i.e. ComfyUI's own attention and the rest: "
-            f"{_mib(dense['largest_alloc_outside_sinkhorn_bytes'])} MiB)")
-        lines.append(f"| {'tokens':>6} | {'heads':>5} | {'calls':>5} | {'dense logits MiB':>16} | "
-                     f"{'largest alloc in call MiB':>25} | {'peak rise in call MiB':>21} |")
-        lines.append("|" + "|".join("-" * (w + 2) for w in (6, 5, 5, 16, 25, 21)) + "|")
-        for n, row in dense["sinkhorn_calls_by_tokens"].items():
-            lines.append(f"| {n:>6} | {row['heads']:>5} | {row['calls']:>5} | {_mib(row['dense_logits_bytes']):>16} | "
-                         f"{_mib(row['largest_alloc_bytes']):>25} | {_mib(row['peak_extra_bytes']):>21} |")
-        lines.append(f"  at {dense['max_tokens']} tokens one head's N x N is {_mib(dense['one_head_nxn_bytes'])} MiB; "
-                     f"no allocation that large: {dense['no_dense_nxn_per_head']} (budget "
-                     f"{_mib(dense['memory_budget_bytes'])} MiB)")
+        lines += dense_lines(dense)
     print("\n".join(lines), flush=True)
 
-    sdxl = ratios(results["sdxl"])
-    targets = {
-        "asag_over_pag<=1.05": sdxl["asag_over_pag"] <= TARGETS["asag_over_pag"],
-        "guider_over_asag<=1": sdxl["guider_over_asag"] <= TARGETS["guider_over_asag"],
-        "asag_mem_over_pag<=1.10": sdxl["asag_mem_over_pag"] <= TARGETS["asag_mem_over_pag"],
-        "guider_over_cfg<=1.35": sdxl["guider_over_cfg"] <= TARGETS["guider_over_cfg"],
-        "shared_prefix_diff<=1e-5": max(r["shared_prefix_max_abs_diff"] / max(1.0, r["output_scale"])
-                                        for r in results.values()) <= 1e-5,
-    }
-    if dense is not None:
-        targets["no_dense_nxn_per_head_at_4096"] = dense["no_dense_nxn_per_head"]
     try:
         info["loadavg_end"] = os.getloadavg()
     except OSError:
         pass
+    head = headline(results)
     summary = {
-        "benchmark": "speed", "quick": quick,
-        "asag_over_pag": round(sdxl["asag_over_pag"], 4),
-        "guider_over_asag": round(sdxl["guider_over_asag"], 4),
-        "asag_over_cfg": round(sdxl["guider_over_cfg"], 4),
-        "asag_node_over_cfg": round(sdxl["asag_node_over_cfg"], 4),
-        "pag_over_cfg": round(sdxl["pag_over_cfg"], 4),
-        "guider_unshared_over_cfg": round(sdxl["guider_unshared_over_cfg"], 4),
-        "asag_mem_over_pag": round(sdxl["asag_mem_over_pag"], 4),
-        "asag_rss_over_pag": round(sdxl["asag_rss_over_pag"], 4),
-        "shared_prefix_max_abs_diff": max(r["shared_prefix_max_abs_diff"] for r in results.values()),
-        "targets": targets,
+        "benchmark": "speed", "quick": quick, **head,
+        "targets": targets_met(head, dense),
         "models": {f: {"shape": shape, "latent": [MODELS[f][1], MODELS[f][2], MODELS[f][2]], "cfg": MODELS[f][3],
                        "context_tokens": MODELS[f][4]}
                    for f, shape in (("sdxl", SDXL_SHAPE), ("flux", FLUX_SHAPE))},
         "results": {f: {"ms_per_step": {v: round(t * 1e3, 2) for v, t in r["step"].items()},
-                        "ratios": {k: round(v, 4) for k, v in ratios(r).items()},
+                        "min_ms_per_step": {v: round(t * 1e3, 2) for v, t in r["step_min"].items()},
+                        "ratios": {k: (round(v, 4) if isinstance(v, float) else v)
+                                   for k, v in ratios(f, r).items()},
+                        "work_after_prefix": r["work"],
+                        "row_torch_peak_mib": {n: _mib(b) for n, b in r["row_peaks"].items()},
                         "sinkhorn_ms_per_step": {v: round(t * 1e3, 2) for v, t in r["sinkhorn_in_step"].items()},
-                        "memory_mib": {v: {k: _mib(b) for k, b in m.items()} for v, m in r["memory"].items()},
+                        "memory_mib": {v: {k: (_mib(b) if k.startswith(("peak", "torch")) else b)
+                                           for k, b in m.items()} for v, m in r["memory"].items()},
                         "shared_prefix_max_abs_diff": r["shared_prefix_max_abs_diff"],
+                        "output_scale": r["output_scale"],
                         "steps_timed": r["samples"]["cfg"]} for f, r in results.items()},
         "scaling": {f: [{"latent": row["latent"], "tokens": row["tokens"],
                          "ms_per_step": {v: round(t * 1e3, 2) for v, t in row["step"].items()},
