@@ -86,8 +86,10 @@ column :math:`e` of the head's output. With ``iterations >= 1`` NaN in
 over all rows. Rows without an admissible key keep their defined output, zero.
 The dense and portable paths propagate NaN by their arithmetic; PyTorch's fused
 CPU kernel does not (it treats a NaN query row like a fully masked one and
-returns 0), so :func:`adversarial_attention` sets this pattern explicitly from
-``isnan`` of the inputs, the same way on every path (O(N D), no sync).
+returns 0), so :func:`adversarial_attention` sets this pattern explicitly, the
+same way on every path: it adds :math:`0 \cdot \sum` of each query row (of all
+rows once ``iterations >= 1``), of each head's keys and of each value column,
+which is 0, or NaN where a NaN (or an infinity) is (O(N D), no sync).
 
 Numerics
 --------
@@ -289,13 +291,17 @@ def _auto_chunk_rows(bh: int, nk: int, budget: int) -> int:
 
 
 def _with_input_nans(out, q, k, v, iterations) -> torch.Tensor:
-    """``out`` with NaN where the definition puts it for NaN in q, k or v (module docstring, "NaN")."""
-    nan_q = torch.isnan(q).any(dim=-1, keepdim=True)  # (B, H, Nq, 1)
+    """``out`` (in place) with NaN where the definition puts it for NaN in q, k or v (module docstring, "NaN").
+
+    0 * (sum of a line) is 0, or NaN when the line holds a NaN (or an inf): one reduction per
+    input and an add of a (B, H, Nq|1, Dv) term, so cheap next to the attention itself.
+    """
+    q_rows = q.sum(dim=-1, keepdim=True)  # (B, H, Nq, 1)
     if iterations > 0:  # the column potentials couple all rows of a head
-        nan_q = nan_q.any(dim=-2, keepdim=True)
-    nan_k = torch.isnan(k).any(dim=-1, keepdim=True).any(dim=-2, keepdim=True)  # (B, H, 1, 1)
-    nan_v = torch.isnan(v).any(dim=-2, keepdim=True)  # (B, H, 1, Dv)
-    return out.masked_fill(nan_q | nan_k | nan_v, float("nan"))
+        q_rows = q_rows.sum(dim=-2, keepdim=True)
+    k_head = k.sum(dim=(-2, -1), keepdim=True)  # (B, H, 1, 1)
+    v_cols = v.sum(dim=-2, keepdim=True)  # (B, H, 1, Dv)
+    return out.add_(q_rows * 0.0 + k_head * 0.0 + v_cols * 0.0)
 
 
 def _run_path(q, k, v, scale, bias, iterations, chunk_size, budget) -> torch.Tensor:

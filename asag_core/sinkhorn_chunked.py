@@ -35,11 +35,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .sinkhorn_common import empty_to_zero, log_ratio, logits_of, masked_bias, token_expanded
+from .sinkhorn_common import bias_rows, empty_to_zero, log_ratio, logits_of, masked_bias
 
 
 def _potential(q, k, scale, bias, iterations, rows):
-    """Column potentials g, (B, H, 1, Nk); ``bias`` has full token axes (or is None)."""
+    """Column potentials g, (B, H, 1, Nk); ``bias`` broadcastable (or None)."""
     b, h, nq, _ = q.shape
     nk = k.shape[2]
     ratio = log_ratio(nq, nk)
@@ -48,7 +48,7 @@ def _potential(q, k, scale, bias, iterations, rows):
         col_lse = q.new_full((b, h, 1, nk), float("-inf"))
         for start in range(0, nq, rows):
             stop = min(nq, start + rows)
-            block = logits_of(q[:, :, start:stop], k, scale, None if bias is None else bias[:, :, start:stop])
+            block = logits_of(q[:, :, start:stop], k, scale, None if bias is None else bias_rows(bias, start, stop))
             block.add_(empty_to_zero(-torch.logsumexp(block + g, dim=-1, keepdim=True)))
             col_lse = torch.logaddexp(col_lse, torch.logsumexp(block, dim=-2, keepdim=True))
             del block
@@ -65,13 +65,12 @@ def attention(q, k, v, scale, bias, iterations, rows):
     """
     b, h, nq, _ = q.shape
     nk = k.shape[2]
-    bias = token_expanded(bias, nq, nk)
     g = _potential(q, k, scale, bias, iterations, rows)
     a = q * scale
     out = q.new_empty((b, h, nq, v.shape[-1]))
     for start in range(0, nq, rows):
         stop = min(nq, start + rows)
-        block = g if bias is None else masked_bias(bias[:, :, start:stop], g)
+        block = g if bias is None else masked_bias(bias_rows(bias, start, stop), g)
         out[:, :, start:stop] = F.scaled_dot_product_attention(
             a[:, :, start:stop], k, v, attn_mask=block.expand(b, h, stop - start, nk)
         )

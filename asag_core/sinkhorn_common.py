@@ -65,10 +65,9 @@ def masked_bias(bias: torch.Tensor, potential: Optional[torch.Tensor] = None) ->
     A new tensor of the broadcast shape; ``bias`` is left alone. NaN in ``bias``
     is not a masked pair (NaN <= t is false), so it stays NaN.
     """
-    masked = bias <= MASK_THRESHOLD
-    if potential is None:
-        return bias.masked_fill(masked, float("-inf"))
-    return (bias + potential).masked_fill_(masked, float("-inf"))
+    # thresholded before the potential broadcasts it over heads: the extra work is the mask's size
+    bias = bias.masked_fill(bias <= MASK_THRESHOLD, float("-inf"))
+    return bias if potential is None else bias + potential
 
 
 def admissible(bias: Optional[torch.Tensor], dim: int) -> Optional[torch.Tensor]:
@@ -101,9 +100,10 @@ def zero_masked_rows(x: torch.Tensor, row_ok: Optional[torch.Tensor]) -> torch.T
     return x if row_ok is None else torch.where(row_ok, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def token_expanded(bias, nq: int, nk: int):
-    """``bias`` viewed with full token axes (B|1, H|1, Nq, Nk), so row and column slices work."""
-    return None if bias is None else bias.expand(bias.shape[0], bias.shape[1], nq, nk)
+def bias_rows(bias: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of a broadcastable bias: all of it when its query axis is broadcast
+    (a key-padding mask stays one row, however many rows it is used for)."""
+    return bias if bias.shape[-2] == 1 else bias[..., start:stop, :]
 
 
 def log_ratio(nq: int, nk: int) -> float:

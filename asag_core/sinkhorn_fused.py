@@ -28,8 +28,9 @@ attention with logits :math:`L` and the key bias :math:`g` is exactly
 :math:`\operatorname{softmax}_j(L_{ij} + g_j)\,V = P V`. That is
 ``2 * iterations + 1`` kernel calls, each about the cost of one SDPA call.
 
-Masks. Without a mask the potential goes in as a broadcast view. With one, the
-kernel's mask :math:`C` = bias + potential is built ``rows`` rows at a time,
+Masks. Without a mask, or with one that has no query axis (key padding,
+(B, 1, 1, Nk)), the kernel's mask :math:`C` = bias + potential goes in as a
+broadcast view. A mask with a query axis is added ``rows`` rows at a time,
 pairs at or below :data:`~asag_core.sinkhorn_common.MASK_THRESHOLD` set to
 :math:`-\infty` on that block only, so no (Nq, Nk) tensor of a head is
 materialised beyond the caller's own mask. The kernel returns
@@ -52,7 +53,7 @@ import logging
 
 import torch
 
-from .sinkhorn_common import admissible, empty_to_zero, log_ratio, masked_bias, token_expanded
+from .sinkhorn_common import admissible, bias_rows, empty_to_zero, log_ratio, masked_bias
 
 _LOG = logging.getLogger(__name__)
 
@@ -103,13 +104,12 @@ def _flash_rows(a, b, value, bias, potential, rows, want_lse):
     v = b if value is None else value  # the kernel needs a value; unused when only the lse is wanted
     out = None if value is None else a.new_empty((bb, hh, na, v.shape[-1]))
     lse = a.new_empty((bb, hh, na, 1)) if want_lse else None
-    step = na if bias is None else rows
+    # a mask with a query axis is built ``rows`` rows at a time; anything else goes in as a broadcast view
+    step = rows if bias is not None and bias.shape[-2] > 1 else na
     for start in range(0, na, step):
         stop = min(na, start + step)
-        if bias is None:
-            mask = None if potential is None else potential.expand(bb, hh, stop - start, nb)
-        else:
-            mask = masked_bias(bias[:, :, start:stop], potential).expand(bb, hh, stop - start, nb)
+        mask = potential if bias is None else masked_bias(bias_rows(bias, start, stop), potential)
+        mask = None if mask is None else mask.expand(bb, hh, stop - start, nb)
         o, row_lse = _kernel(a[:, :, start:stop], b, v, mask)
         if out is not None:
             out[:, :, start:stop] = o
@@ -123,7 +123,8 @@ def _keep(potential, ok):
 
 
 def _potential(a, k, bias, iterations, rows, row_ok, col_ok):
-    """Column potentials g, (B, H, 1, Nk), or None for g = 0 (no iteration)."""
+    """Column potentials g, (B, H, 1, Nk), or None for g = 0 (no iteration). ``bias`` as given
+    (broadcastable): transposed, it is the bias of the column update."""
     bias_t = None if bias is None else bias.transpose(-1, -2)
     ratio = log_ratio(a.shape[2], k.shape[2])
     g = None
@@ -143,9 +144,7 @@ def attention(q, k, v, scale, bias, iterations, rows):
     without an admissible key are left to the caller to zero. Raises
     :class:`KernelFailed` if the kernel raises.
     """
-    nq, nk = q.shape[2], k.shape[2]
-    row_ok, col_ok = admissible(bias, -1), admissible(bias, -2)  # on the mask as given: (.., Nq|1, 1), (.., 1, Nk|1)
-    bias = token_expanded(bias, nq, nk)
+    row_ok, col_ok = admissible(bias, -1), admissible(bias, -2)  # (.., Nq|1, 1), (.., 1, Nk|1)
     a = q * scale  # the kernel applies 1/sqrt(D) to a.b itself
     g = _potential(a, k, bias, iterations, rows, row_ok, col_ok)
     out, _ = _flash_rows(a, k, v, bias, g, rows, False)
