@@ -26,8 +26,14 @@ def _init_weights(module, seed):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.02 * torch.randn(p.shape, generator=g))
-        for b in module.buffers():
-            if b.is_floating_point() and not torch.isfinite(b).all():
+        for name, b in module.named_buffers():
+            if not b.is_floating_point():
+                continue
+            if name.endswith("pos_embed"):
+                # SD3's positional embedding is a buffer ComfyUI leaves uninitialised (a checkpoint
+                # fills it): memory garbage there made sampling NaN now and then
+                b.copy_(0.02 * torch.randn(b.shape, generator=g))
+            elif not torch.isfinite(b).all():
                 b.zero_()
 
 
