@@ -46,11 +46,15 @@ Variants, each timed per sampling step (one guided prediction, everything the gu
 Every variant's diffusion-model calls and rows per step are counted (``calls``/``rows`` in the
 table): the fast path is 1 call of 3 rows at cfg > 1, the separate pass 2 calls.
 
-Timing: a sampler (comfy.samplers.KSAMPLER, Euler) that times each model call with
-``time.perf_counter``, torch on 1 thread unless ``--threads`` says otherwise. One warm-up
-round, then ``repeats`` rounds that run the variants interleaved (cfg, pag, asag, node_separate,
-guider, guider_unshared, cfg, ...), ``steps`` steps each; reported: the median over all steps
-of all rounds. Ratios are ratios of medians.
+Timing: a sampler (comfy.samplers.KSAMPLER, Euler) that times each model call, torch on 1
+thread unless ``--threads`` says otherwise. One warm-up round, then ``repeats`` rounds that run
+the variants interleaved (cfg, pag, asag, node_separate, guider, guider_unshared, cfg, ...),
+``steps`` steps each; reported: the median over all steps of all rounds. Ratios are ratios of
+medians. Times are the sampling thread's CPU time (``time.thread_time``): on a shared machine
+the wall clock also counts the time other jobs hold the core (wall-clock spreads of 50 % were
+seen), while with 1 torch thread all of the step's work runs on this thread. Wall-clock medians
+are reported next to them (``wall ms``, ``*_wall`` ratios); with ``--threads`` > 1 only those
+count the other threads' work.
 
 The floor: what the fast path's adversarial row costs at best, i.e. the fraction of one row's
 model work that is not in the shared prefix (``shared_prefix.prefix_modules`` for the node's
@@ -258,7 +262,7 @@ def with_extra_row(model):
 
 
 def timed_sampler(step_times):
-    """Euler, timing every model call (one guided prediction)."""
+    """Euler, timing every model call (one guided prediction): (thread CPU seconds, wall seconds)."""
     import comfy.samplers
 
     @torch.no_grad()
@@ -266,9 +270,9 @@ def timed_sampler(step_times):
         extra_args = {} if extra_args is None else extra_args
         s_in = x.new_ones([x.shape[0]])
         for i in range(len(sigmas) - 1):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             denoised = model(x, sigmas[i] * s_in, **extra_args)
-            step_times.append(time.perf_counter() - start)
+            step_times.append((time.thread_time() - start_cpu, time.perf_counter() - start))
             x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
         return x
 
@@ -276,7 +280,7 @@ def timed_sampler(step_times):
 
 
 def run(guider, model, family, size, steps, seed=0):
-    """Sample ``steps`` Euler steps with SamplerCustomAdvanced; returns (per-step seconds, output)."""
+    """Sample ``steps`` Euler steps with SamplerCustomAdvanced; returns ([(CPU s, wall s) per step], output)."""
     from comfy_extras import nodes_custom_sampler as ncs
 
     times = []
@@ -300,11 +304,11 @@ class SinkhornTimer:
         real = self.real = self.module.sinkhorn_attention
 
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start = time.thread_time()
             try:
                 return real(*args, **kwargs)
             finally:
-                self.seconds[self.variant] = self.seconds.get(self.variant, 0.0) + time.perf_counter() - start
+                self.seconds[self.variant] = self.seconds.get(self.variant, 0.0) + time.thread_time() - start
 
         self.module.sinkhorn_attention = timed
         return self
@@ -314,8 +318,8 @@ class SinkhornTimer:
 
 
 def time_variants(host, model, family, size, variants, repeats, steps, timer=None):
-    """Interleaved rounds. Returns ({variant: [per-step seconds]}, {variant: Sinkhorn seconds
-    per step}); the warm-up round is dropped."""
+    """Interleaved rounds. Returns ({variant: [(CPU s, wall s) per step]}, {variant: Sinkhorn CPU
+    seconds per step}); the warm-up round is dropped."""
     cfg = MODELS[family][3]
     positive, negative = conditioning(family, size)
     guiders = {v: make_guider(host, v, model, positive, negative, cfg) for v in variants}
@@ -524,11 +528,11 @@ def work_after_prefix(host, model, inputs, repeats):
         torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops})
 
     def enter(module, a):
-        clock["start"] = time.perf_counter()
+        clock["start"] = time.thread_time()
         clock["flops_start"] = flops.get_total_flops()
 
     def leave(module, a, out):
-        clock["in"] += time.perf_counter() - clock["start"]
+        clock["in"] += time.thread_time() - clock["start"]
         clock["flops_in"] = clock.get("flops_in", 0) + flops.get_total_flops() - clock["flops_start"]
 
     handles = [h for m in prefix for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
@@ -537,9 +541,9 @@ def work_after_prefix(host, model, inputs, repeats):
         shares = []
         for _ in range(repeats):
             clock["in"] = 0.0
-            start = time.perf_counter()
+            start = time.thread_time()
             dm(*args, **kwargs)
-            shares.append(clock["in"] / (time.perf_counter() - start))
+            shares.append(clock["in"] / (time.thread_time() - start))
         clock["flops_in"] = 0
         with flops:
             dm(*args, **kwargs)
@@ -644,7 +648,7 @@ def dense_check(host, size):
         "num_head_channels": DENSE_CHECK_HEAD_CHANNELS, "max_tokens": tokens, "heads_at_max_tokens": heads,
         "one_head_nxn_bytes": head_matrix, "dense_logits_bytes": heads * head_matrix,
         "memory_budget_bytes": pack_module(host, "asag_core").DEFAULT_MEMORY_BUDGET_BYTES,
-        "step_seconds": step[0], "wall_seconds": wall,
+        "step_seconds": step[0][1], "wall_seconds": wall,
         "sinkhorn_calls_by_tokens": {str(n): row for n, row in sorted(per_tokens.items())},
         "largest_alloc_in_max_token_calls_bytes": at_max["largest_alloc_bytes"],
         "peak_extra_in_max_token_calls_bytes": at_max["peak_extra_bytes"],
@@ -672,9 +676,9 @@ def attention_alone(tokens, heads, dim, repeats, sinkhorn_attention):
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = time.thread_time()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.thread_time() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -727,7 +731,7 @@ def plot(path, scaling):
                                   ("node_separate", "CFG + ASAG node, separate pass (slot held)", "v--")):
             ax.plot(tokens, [r["step"][key] * 1e3 for r in rows], style, label=label)
         ax.set_title(titles[fam], fontsize=10)
-        ax.set_ylabel("ms per sampling step (median)")
+        ax.set_ylabel("CPU ms per sampling step (median)")
         ax2 = axes[1][col]
         ax2.plot(tokens, [r["attention"]["sinkhorn_in_asag_step"] * 1e3 for r in rows], "r^-",
                  label="Sinkhorn attention inside the ASAG separate-pass step (measured in the run)")
@@ -741,7 +745,7 @@ def plot(path, scaling):
             ax2.plot(*zip(*pos, strict=True), "kx", label="ASAG separate-pass step - PAG step (where > 0; noisy)")
         ref = rows[-1]["attention"]["sdpa_per_step"] * 1e3
         ax2.plot(tokens, [ref * (t / tokens[-1]) ** 2 for t in tokens], color="0.6", lw=0.8, label="slope N^2")
-        ax2.set_ylabel("ms per sampling step")
+        ax2.set_ylabel("CPU ms per sampling step")
         ax2.set_xlabel("tokens in the perturbed layer(s)")
         for a in (ax, ax2):
             a.set_xscale("log")
@@ -769,8 +773,9 @@ def measure_family(host, family, repeats, steps, quick, timer):
     step, in_run = time_variants(host, model, family, size, VARIANTS, repeats, steps, timer)
     inputs = model_inputs(host, model, family, size)
     diffs, scale = shared_prefix_diff(host, model, family, size)
-    result = {"step": {v: statistics.median(t) for v, t in step.items()},
-              "step_min": {v: min(t) for v, t in step.items()}, "sinkhorn_in_step": in_run,
+    result = {"step": {v: statistics.median(c for c, _ in t) for v, t in step.items()},
+              "step_wall": {v: statistics.median(w for _, w in t) for v, t in step.items()},
+              "sinkhorn_in_step": in_run,
               "samples": {v: len(t) for v, t in step.items()},
               "memory": memory_variants(host, model, family, size, VARIANTS + ("cfg_extra_row",), 1 if quick else 2),
               "row_peaks": row_activations(model, inputs),
@@ -793,7 +798,8 @@ def measure_scaling(host, model, family, sizes, repeats, steps, quick, timer):
             heads, dim = FLUX_SHAPE["num_heads"], FLUX_SHAPE["hidden_size"] // FLUX_SHAPE["num_heads"]
             tokens, layers = (size // 2) ** 2 + MODELS["flux"][4], 1
         alone = attention_alone(tokens, heads, dim, 5 if quick else 9, timer.real)
-        rows.append({"latent": size, "tokens": tokens, "step": {v: statistics.median(t) for v, t in step.items()},
+        rows.append({"latent": size, "tokens": tokens,
+                     "step": {v: statistics.median(c for c, _ in t) for v, t in step.items()},
                      "attention": {"sdpa_per_step": alone["sdpa"] * layers,
                                    "sinkhorn_per_step": alone["sinkhorn"] * layers,
                                    "sinkhorn_in_asag_step": in_run["node_separate"]}})
@@ -815,10 +821,10 @@ def ratios(family, r):
         "floor_time": work["floor_time"],
         "floor_flops": work["floor_flops"],
         "node_over_guider": s["asag"] / s["guider"],
-        # on the fastest step of each variant: contention on a shared machine only adds time
-        "node_over_cfg_min": r["step_min"]["asag"] / r["step_min"]["cfg"],
-        "node_over_guider_min": r["step_min"]["asag"] / r["step_min"]["guider"],
-        "pag_over_cfg_min": r["step_min"]["pag"] / r["step_min"]["cfg"],
+        # on wall-clock time, which other jobs on a shared machine inflate at random
+        "node_over_cfg_wall": r["step_wall"]["asag"] / r["step_wall"]["cfg"],
+        "node_over_guider_wall": r["step_wall"]["asag"] / r["step_wall"]["guider"],
+        "pag_over_cfg_wall": r["step_wall"]["pag"] / r["step_wall"]["cfg"],
         "node_separate_over_cfg": s["node_separate"] / s["cfg"],
         "node_separate_over_pag": s["node_separate"] / s["pag"],
         "guider_over_cfg": s["guider"] / s["cfg"],
@@ -844,13 +850,13 @@ def family_lines(family, r):
     size = MODELS[family][2]
     lines = [f"{family}-shaped, latent {MODELS[family][1]}x{size}x{size}, cfg {MODELS[family][3]}, "
              f"median of {r['samples']['cfg']} steps per variant",
-             f"| {'variant':<16} | {'ms/step':>8} | {'x CFG':>6} | {'min ms':>8} | {'calls':>5} | {'rows':>4} | "
+             f"| {'variant':<16} | {'CPU ms':>8} | {'x CFG':>6} | {'wall ms':>8} | {'calls':>5} | {'rows':>4} | "
              f"{'Sinkhorn ms':>11} | {'peak RSS MiB':>12} | {'RSS +MiB':>8} | {'torch peak MiB':>14} | "
              f"{'largest alloc MiB':>17} |",
              "|" + "|".join("-" * (w + 2) for w in (16, 8, 6, 8, 5, 4, 11, 12, 8, 14, 17)) + "|"]
     for v in r["memory"]:
         m, t = r["memory"][v], r["step"].get(v)
-        time_cols = (f"{t * 1e3:8.1f} | {t / r['step']['cfg']:6.3f} | {r['step_min'][v] * 1e3:8.1f}" if t else
+        time_cols = (f"{t * 1e3:8.1f} | {t / r['step']['cfg']:6.3f} | {r['step_wall'][v] * 1e3:8.1f}" if t else
                      f"{'-':>8} | {'-':>6} | {'-':>8}")
         lines.append(f"| {v:<16} | {time_cols} | "
                      f"{m['model_calls_per_step']:>5} | {m['rows_per_step']:>4} | "
@@ -878,7 +884,7 @@ def family_lines(family, r):
 
 
 def scaling_lines(family, rows):
-    lines = [f"scaling, {family}-shaped: ms per step (median); Sinkhorn in-run = inside the node's separate-pass "
+    lines = [f"scaling, {family}-shaped: CPU ms per step (median); Sinkhorn in-run = inside the node's separate-pass "
              "step; alone = the attention call alone x perturbed layers",
              f"| {'latent':>6} | {'tokens':>6} | {'cfg':>8} | {'pag':>8} | {'asag':>8} | {'separate':>8} | "
              f"{'sep-pag':>8} | {'Sk in-run':>9} | {'Sk alone':>8} | {'SDPA alone':>10} |",
@@ -958,7 +964,7 @@ def targets_met(head, dense):
 def _main(argv, stack):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes; no 4096-token check, no plot")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 10, quick 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 20, quick 3)")
     parser.add_argument("--steps", type=int, default=1, help="sampling steps per run (default 1: the variants "
                                                                  "alternate every step)")
     parser.add_argument("--plot", default=None, help="plot path (default docs/speed_scaling.png; quick: none)")
@@ -968,7 +974,7 @@ def _main(argv, stack):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quick = args.quick
-    repeats = args.repeats or (3 if quick else 10)
+    repeats = args.repeats or (3 if quick else 20)
     plot_path = args.plot or (None if quick else os.path.join(ROOT, "docs", "speed_scaling.png"))
 
     host = start_host()
@@ -1019,7 +1025,7 @@ def _main(argv, stack):
                        "context_tokens": MODELS[f][4]}
                    for f, shape in (("sdxl", SDXL_SHAPE), ("flux", FLUX_SHAPE))},
         "results": {f: {"ms_per_step": {v: round(t * 1e3, 2) for v, t in r["step"].items()},
-                        "min_ms_per_step": {v: round(t * 1e3, 2) for v, t in r["step_min"].items()},
+                        "wall_ms_per_step": {v: round(t * 1e3, 2) for v, t in r["step_wall"].items()},
                         "ratios": {k: (round(v, 4) if isinstance(v, float) else v)
                                    for k, v in ratios(f, r).items()},
                         "work_after_prefix": r["work"],
