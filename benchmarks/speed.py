@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m benchmarks.speed            # everything, a few minutes; writes docs/speed_scaling.png
+    python -m benchmarks.speed            # everything, ~12 min on 2 shared cores; writes docs/speed_scaling.png
     python -m benchmarks.speed --quick    # fewer repeats and sizes, no 4096-token check, no plot
 
 ComfyUI is found and started like the host tests do (``benchmarks/host.py`` reuses
