@@ -18,7 +18,7 @@ from ..asag_core import (
     resolve_layers,
 )
 from .attention_patch import ASAGPlan, copy_plan
-from .guidance_step import CALC_COND_BATCH, ASAGStep, carried_step, install
+from .guidance_step import CALC_COND_BATCH, ASAGStep, add_run_lock, carried_step, install, run_lock
 from .model_layers import family_name, layer_catalog
 
 CATEGORY = "model_patches/asag"
@@ -54,6 +54,7 @@ def patch_model(model, settings: ASAGSettings):
     patched.set_model_sampler_post_cfg_function(step.post_cfg_function)
     if CALC_COND_BATCH not in patched.model_options:
         patched.set_model_sampler_calc_cond_batch_function(step.calc_cond_batch_function)
+    add_run_lock(patched)
     return patched
 
 
@@ -163,6 +164,10 @@ class ASAGCFGGuider(comfy.samplers.CFGGuider):
     @property
     def plan(self) -> ASAGPlan:
         return self.step.plan
+
+    def outer_sample(self, *args, **kwargs):
+        with run_lock(self.model_patcher.model):  # one sampling of a model at a time (guidance_step.py)
+            return super().outer_sample(*args, **kwargs)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         return comfy.samplers.sampling_function(

@@ -23,6 +23,11 @@ so nothing global is shared between steps, samplings or threads.
 When the chosen layers did not run in the adversarial call (a caching node such as EasyCache
 or a first-block cache reused an earlier output), that step gets no ASAG term, with one
 warning per sampling run.
+
+Two samplings of one model in two threads run one after the other: ComfyUI keeps per-run
+state on the model (``current_patcher``, set and cleared around each sampling), so overlapping
+runs would break inside ComfyUI itself. :func:`one_sampling_at_a_time` holds a per-model lock
+for the whole run (an ``OUTER_SAMPLE`` wrapper), so each run gets its single-thread result.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import logging
 import threading
 import weakref
 
+import comfy.patcher_extension
 import comfy.samplers
 
 from ..asag_core import apply_asag
@@ -154,6 +160,31 @@ class ASAGStep:
                     "did not run there; those steps get no ASAG term.")
 
 
+_RUN_LOCKS = weakref.WeakKeyDictionary()  # BaseModel -> RLock
+_RUN_LOCKS_GUARD = threading.Lock()
+ONE_RUN_KEY = "asag_one_sampling_at_a_time"
+
+
+def run_lock(base_model) -> threading.RLock:
+    """The lock one sampling run of ``base_model`` holds (re-entrant: a run may nest another)."""
+    with _RUN_LOCKS_GUARD:
+        lock = _RUN_LOCKS.get(base_model)
+        if lock is None:
+            lock = _RUN_LOCKS[base_model] = threading.RLock()
+        return lock
+
+
+def one_sampling_at_a_time(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: a second thread's sampling of the same model waits for the first."""
+    with run_lock(executor.class_obj.model_patcher.model):
+        return executor(*args, **kwargs)
+
+
+def add_run_lock(model_patcher) -> None:
+    model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, ONE_RUN_KEY,
+                                       one_sampling_at_a_time)
+
+
 def step_of(function):
     """The ASAGStep a post-CFG or calc-cond-batch function belongs to, else None."""
     return getattr(function, "asag_step", None)
@@ -183,4 +214,4 @@ def carried_step(model_options):
     return steps[-1] if steps else None
 
 
-__all__ = ["ASAGStep", "carried_step", "install", "step_of"]
+__all__ = ["ASAGStep", "add_run_lock", "carried_step", "install", "run_lock", "step_of"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 import sampling
@@ -345,13 +346,25 @@ def test_unreachable_attention_still_raises_the_clear_error(host):
 
 @pytest.mark.parametrize("family", ["sd15", "flux"])
 def test_two_threads_get_their_single_thread_results(host, models, family):
+    """Two samplings of one ASAG model at once (front-ends other than ComfyUI's queue do this):
+    each gets its single-thread result. The noise is drawn up front: ComfyUI's noise helper
+    seeds torch's global generator, which two threads would share whatever ASAG does."""
+    import comfy.sample
+
     model = sampling.asag_on(host, models[family], "fast", scale=1.5)
     pos, neg = tiny_models.conditioning(family)
+    latent = tiny_models.latent(family)["samples"]
+    noise = {seed: torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)}
+
+    steps_taken = []
 
     def one(seed):
-        (out,) = host.nodes.KSampler().sample(model, seed, STEPS, 4.0, "euler", "normal", pos, neg,
-                                              tiny_models.latent(family))
-        return out["samples"]
+        def callback(step, x0, x, total_steps):
+            steps_taken.append(seed)
+            time.sleep(0.02)  # long enough steps that overlapping runs would interleave
+
+        return comfy.sample.sample(model, noise[seed], STEPS, 4.0, "euler", "normal", pos, neg, latent,
+                                   callback=callback, disable_pbar=True, seed=seed)
 
     alone = {seed: one(seed) for seed in (1, 2)}
     results, errors = {}, []
@@ -371,9 +384,13 @@ def test_two_threads_get_their_single_thread_results(host, models, family):
     for t in threads:
         t.join(timeout=600)
     assert not errors, errors
+    assert sorted(results) == [1, 2] and all(len(outs) == 2 for outs in results.values())
     for seed, outs in results.items():
         for out in outs:
-            assert_relative(out, alone[seed])
+            assert torch.equal(out, alone[seed]), "a thread's sample differs from its single-thread result"
+    # the runs took turns: every run's steps are contiguous
+    runs = [steps_taken[i:i + STEPS] for i in range(0, len(steps_taken), STEPS)]
+    assert all(len(set(run)) == 1 for run in runs), f"overlapping runs: {steps_taken}"
 
 
 def test_a_guider_that_batches_by_itself_gets_the_separate_pass(host, models, caplog, sinkhorn_calls):
