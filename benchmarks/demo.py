@@ -1,6 +1,6 @@
 """Unguided vs ASAG vs PAG on the same layers, on the committed tiny digits model, as one image.
 
-    python -m benchmarks.demo [--out PATH] [--per-digit 4] [--seed 0] [--cfg 1] [--scale 0.5]
+    python -m benchmarks.demo [--out PATH] [--per-digit 4] [--seed 0] [--cfg 3] [--scale 1]
 
 ComfyUI is found and started as the host tests do (``tests/comfy_host.py``); the pack's
 ``ASAGAdvanced`` node and the layer-matched PAG of ``benchmarks.perturb`` patch the model
@@ -35,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=3.0)
-    p.add_argument("--scale", type=float, default=0.5, help="ASAG and PAG scale")
+    p.add_argument("--scale", type=float, default=1.0, help="ASAG and PAG scale")
     p.add_argument("--layers", default=TINY_LAYERS, help="layers of both methods")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)

@@ -17,6 +17,7 @@ Plus the benchmark's ``--checkpoint`` path end to end with stand-in models.
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -24,6 +25,13 @@ import torch
 pytestmark = pytest.mark.host
 
 STEPS = 10
+# The sign check: the weaker "small" model, unconditional regime (null class, cfg 1), the
+# benchmark's n and steps on its first three seeds.  The benchmark (5 seeds x 50 images,
+# docs/quality.md) measured ASAG's paired FD change against unguided sampling there as
+# SIGN_MEASURED at SIGN_SCALE, negative on every seed; MARGIN is far inside that.
+SIGN_MODEL, SIGN_N, SIGN_SEEDS, SIGN_SCALE = "small", 50, (0, 1, 2), 1.0
+SIGN_MEASURED = "-72.4 ± 43.6 at its best scale 1 (every seed below -23)"
+MARGIN = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +77,54 @@ def test_layer_matched_pag_is_comfyui_pag_on_its_layer(host, tiny):
     comfy = _sample(tiny, PerturbedAttentionGuidance.execute(base, 2.0).result[0])
     assert torch.equal(ours, comfy)
     assert not torch.equal(ours, _sample(tiny, base))
+
+
+@pytest.fixture(scope="module")
+def weak(host):
+    from benchmarks.quality_backends import TinyBackend
+
+    return TinyBackend(host, SIGN_N, STEPS, SIGN_MODEL)
+
+
+_FD: dict = {}
+
+
+def _unconditional_fd(host, backend, scale, tag):
+    from benchmarks import quality
+
+    if (scale, tag) not in _FD:
+        model = _asag(host, backend.model, scale) if scale else backend.model
+        _FD[(scale, tag)] = [quality.evaluate(backend, backend.sample(model, "unconditional", 1.0, seed),
+                                              "unconditional")["fd"] for seed in SIGN_SEEDS]
+    return _FD[(scale, tag)]
+
+
+def check_asag_improves_unconditional_fd(host, backend, tag=""):
+    unguided = _unconditional_fd(host, backend, 0.0, "")
+    guided = _unconditional_fd(host, backend, SIGN_SCALE, tag)
+    deltas = [g - u for g, u in zip(guided, unguided, strict=True)]
+    assert max(deltas) < -MARGIN, f"FD change per seed {deltas} (unguided {unguided}); benchmark {SIGN_MEASURED}"
+
+
+def test_asag_improves_unconditional_fd_of_the_weak_model(host, weak):
+    check_asag_improves_unconditional_fd(host, weak)
+
+
+def test_sign_check_fails_when_flipped(host, weak, monkeypatch):
+    """The check above must catch x_cfg − s(x_c − x_adv): flip the term where the pack applies it."""
+    prefix = host.pack_module_name + ".nodes"
+    users = [m for name, m in list(sys.modules.items()) if name.startswith(prefix) and hasattr(m, "apply_asag")]
+    assert users, "no pack module applies the ASAG term through apply_asag"
+    real = users[0].apply_asag
+
+    def flipped(cfg_result, cond, adversarial, settings):
+        return real(cfg_result, cond, 2 * cond - adversarial, settings)  # = cfg − s (cond − adv)
+
+    for module in users:
+        monkeypatch.setattr(module, "apply_asag", flipped)
+    with pytest.raises(AssertionError) as info:
+        check_asag_improves_unconditional_fd(host, weak, tag="flipped")
+    assert "FD change per seed" in str(info.value)
 
 
 def test_checkpoint_path_runs_end_to_end_with_stand_ins(host, monkeypatch, tmp_path, capsys):
