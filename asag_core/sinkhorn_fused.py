@@ -33,10 +33,11 @@ Masks. Without a mask, or with one that has no query axis (key padding,
 broadcast view. A mask with a query axis is added ``rows`` rows at a time,
 pairs at or below :data:`~asag_core.sinkhorn_common.MASK_THRESHOLD` set to
 :math:`-\infty` on that block only, so no (Nq, Nk) tensor of a head is
-materialised beyond the caller's own mask. The kernel returns
-:math:`\ell = 0` (not :math:`-\infty`) for a row whose keys are all masked, so
-the lines without any admissible pair get potential 0 explicitly, as on the
-dense path.
+materialised beyond the caller's own mask. For a line whose pairs are all
+masked the kernel returns :math:`\ell = 0` (not :math:`-\infty`), so its
+potential is 0; any finite value would do, since every pair of that line is
+:math:`-\infty` in both updates and in the output (an infinite :math:`\ell`
+would be set to 0 as on the dense path).
 
 The kernel is a private op. If a call of it raises, :class:`KernelFailed` is
 raised; :func:`asag_core.sinkhorn.adversarial_attention` then calls
@@ -53,7 +54,7 @@ import logging
 
 import torch
 
-from .sinkhorn_common import admissible, bias_rows, empty_to_zero, log_ratio, masked_bias
+from .sinkhorn_common import bias_rows, empty_to_zero, log_ratio, masked_bias
 
 _LOG = logging.getLogger(__name__)
 
@@ -118,11 +119,7 @@ def _flash_rows(a, b, value, bias, potential, rows, want_lse):
     return out, lse
 
 
-def _keep(potential, ok):
-    return potential if ok is None else torch.where(ok, potential, torch.zeros_like(potential))
-
-
-def _potential(a, k, bias, iterations, rows, row_ok, col_ok):
+def _potential(a, k, bias, iterations, rows):
     """Column potentials g, (B, H, 1, Nk), or None for g = 0 (no iteration). ``bias`` as given
     (broadcastable): transposed, it is the bias of the column update."""
     bias_t = None if bias is None else bias.transpose(-1, -2)
@@ -130,9 +127,9 @@ def _potential(a, k, bias, iterations, rows, row_ok, col_ok):
     g = None
     for _ in range(iterations):
         _, lse = _flash_rows(a, k, None, bias, g, rows, True)
-        f = _keep(empty_to_zero(-lse), row_ok)
+        f = empty_to_zero(-lse)
         _, lse = _flash_rows(k, a, None, bias_t, f.transpose(-1, -2), rows, True)
-        g = _keep(empty_to_zero(-lse + ratio).transpose(-1, -2), col_ok)
+        g = empty_to_zero(-lse + ratio).transpose(-1, -2)
     return g
 
 
@@ -144,8 +141,7 @@ def attention(q, k, v, scale, bias, iterations, rows):
     without an admissible key are left to the caller to zero. Raises
     :class:`KernelFailed` if the kernel raises.
     """
-    row_ok, col_ok = admissible(bias, -1), admissible(bias, -2)  # (.., Nq|1, 1), (.., 1, Nk|1)
     a = q * scale  # the kernel applies 1/sqrt(D) to a.b itself
-    g = _potential(a, k, bias, iterations, rows, row_ok, col_ok)
+    g = _potential(a, k, bias, iterations, rows)
     out, _ = _flash_rows(a, k, v, bias, g, rows, False)
     return out

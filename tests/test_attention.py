@@ -58,7 +58,14 @@ def chunked_impl(request, monkeypatch):
         monkeypatch.setattr(fused, "_FLASH_CPU", None)
     elif fused._FLASH_CPU is None:
         pytest.skip("this PyTorch has no CPU flash-attention kernel")
+    else:
+        monkeypatch.setattr(fused, "disable", _fail_on_fallback)
     return request.param
+
+
+def _fail_on_fallback(error):
+    # a fused-path test that silently ran the portable fallback would test the wrong path
+    raise AssertionError(f"the fused kernel failed and the portable path took over: {error}")
 
 
 def _bool_mask(shape, seed, p=0.35):
@@ -219,10 +226,10 @@ def test_chunked_equals_dense(mask_kind, nq, nk, chunked_impl):
 
 
 def test_auto_path_switches_on_the_memory_budget(monkeypatch):
-    q, k, v = _qkv(1, 2, 8, 8, 4, seed=14)
+    q, k, v = _qkv(2, 3, 8, 8, 4, seed=14)
     calls = []
-    monkeypatch.setattr(sk, "_dense_potential", lambda *a, **kw: calls.append("dense") or torch.zeros(1, 2, 1, 8))
-    peak = sk._DENSE_PEAK_TEMPORARIES * 1 * 2 * 8 * 8 * 4  # the dense path's peak: a few logits-sized temporaries
+    monkeypatch.setattr(sk, "_dense_potential", lambda *a, **kw: calls.append("dense") or torch.zeros(2, 3, 1, 8))
+    peak = sk._DENSE_PEAK_TEMPORARIES * 2 * 3 * 8 * 8 * 4  # the dense path's peak: a few logits-sized temporaries
     _attn(q, k, v, memory_budget_bytes=peak)  # fits exactly
     assert calls == ["dense"]
     _attn(q, k, v, memory_budget_bytes=peak - 1)
@@ -239,6 +246,42 @@ def test_cpu_takes_the_fused_kernel_path(monkeypatch):
     q, k, v = _qkv(1, 2, 8, 6, 4, seed=30)
     _attn(q, k, v, iterations=2, chunk_size=3)
     assert len(calls) == 5  # 2 x (row pass + column pass) + output
+
+
+def _count_kernel_calls(monkeypatch):
+    calls = []
+    kernel = fused._FLASH_CPU
+    monkeypatch.setattr(fused, "_FLASH_CPU", lambda *a, **kw: calls.append(a[0].shape[2]) or kernel(*a, **kw))
+    return calls
+
+
+def test_fused_path_keeps_a_key_padding_mask_a_broadcast_view(monkeypatch):
+    # a (B, 1, 1, Nk) mask has no query axis: the row updates and the output take all queries in one
+    # kernel call; only the column updates (queries as keys: the mask has a key axis there) go in blocks
+    if fused._FLASH_CPU is None:
+        pytest.skip("this PyTorch has no CPU flash-attention kernel")
+    calls = _count_kernel_calls(monkeypatch)
+    nq, nk, rows, it = 10, 7, 3, 2
+    q, k, v = _qkv(2, 2, nq, nk, 4, seed=33)
+    keypad = _mask_for("keypad", 2, 2, nq, nk, seed=0)
+    out = _attn(q, k, v, iterations=it, mask=keypad, chunk_size=rows)
+    torch.testing.assert_close(out, _attn(q, k, v, iterations=it, mask=keypad, memory_budget_bytes=HUGE))
+    col_blocks = [min(rows, nk - start) for start in range(0, nk, rows)]
+    assert calls == it * ([nq] + col_blocks) + [nq]
+
+
+def test_chunk_rows_follow_the_memory_budget(monkeypatch):
+    # rows per block = budget // (three float32 (rows, N) temporaries per head), at least 1
+    if fused._FLASH_CPU is None:
+        pytest.skip("this PyTorch has no CPU flash-attention kernel")
+    calls = _count_kernel_calls(monkeypatch)
+    b, h, n = 1, 2, 12
+    q, k, v = _qkv(b, h, n, n, 4, seed=34)
+    mask = _bool_mask((n, n), seed=35)  # a query axis: the mask is built block by block
+    for budget, rows in ((1, 1), (b * h * n * 4 * 3 * 5, 5), (b * h * n * 4 * 3 * 5 - 1, 4)):
+        calls.clear()
+        _attn(q, k, v, iterations=1, mask=mask, memory_budget_bytes=budget)
+        assert calls == 3 * [min(rows, n - start) for start in range(0, n, rows)], budget
 
 
 def _largest_allocation(fn) -> int:
@@ -414,6 +457,39 @@ def test_mismatched_shapes_raise_value_error(shapes, name):
     q, k, v = (torch.zeros(s) for s in shapes)
     with pytest.raises(ValueError, match=name):
         adversarial_attention(q, k, v, 2)
+
+
+@pytest.mark.parametrize("bad", ["q", "k", "v"])
+def test_wrong_layout_errors_name_the_tensor_the_layout_and_what_it_got(bad):
+    heads_layout = dict(zip("qkv", _qkv(1, 2, 6, 5, 4), strict=True))
+    good = {name: _tokens(t) for name, t in heads_layout.items()}
+    args = dict(good, **{bad: heads_layout[bad]})
+    with pytest.raises(ValueError) as err:
+        adversarial_attention(args["q"], args["k"], args["v"], 2)
+    assert str(err.value) == f"{bad} must be a (batch, tokens, heads*dim) tensor, got {args[bad].shape}"
+    args = dict(heads_layout, **{bad: [1.0]})
+    with pytest.raises(ValueError) as err:
+        adversarial_attention(args["q"], args["k"], args["v"], 2, skip_reshape=True)
+    assert str(err.value) == f"{bad} must be a (batch, heads, tokens, dim) tensor, got {list}"
+
+
+def test_defaults_are_two_iterations_lam_one_adversarial():
+    q, k, v = _qkv(1, 2, 6, 5, 4, seed=36)
+    explicit = dict(iterations=2, lam=1.0, cost="adversarial")
+    torch.testing.assert_close(sinkhorn_plan(q, k), sinkhorn_plan(q, k, **explicit), atol=0, rtol=0)
+    assert not torch.allclose(sinkhorn_plan(q, k), sinkhorn_plan(q, k, iterations=3))
+    torch.testing.assert_close(_attn(q, k, v), _attn(q, k, v, **explicit), atol=0, rtol=0)
+    assert not torch.allclose(_attn(q, k, v), _attn(q, k, v, iterations=3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_half_precision_inputs_are_computed_in_float32(dtype, path, chunked_impl):
+    # the same float32 computation, rounded once at the end
+    q, k, v = _qkv(2, 2, 12, 10, 8, seed=37, dtype=dtype)
+    mask = _bool_mask((12, 10), seed=38)
+    out = _attn(q, k, v, mask=mask, **PATHS[path])
+    assert torch.equal(out, _attn(q.float(), k.float(), v.float(), mask=mask, **PATHS[path]).to(dtype))
 
 
 def test_skip_reshape_wants_4d():

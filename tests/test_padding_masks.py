@@ -47,9 +47,14 @@ def path(request, monkeypatch):
         pytest.skip("this PyTorch has no CPU flash-attention kernel")
     if request.param == "portable":
         monkeypatch.setattr(fused, "_FLASH_CPU", None)
-    else:
-        monkeypatch.setattr(chunked, "attention", None)  # would fail if the fused path were not taken
+    else:  # fail if the fused path is not taken, or falls back to the portable one
+        monkeypatch.setattr(chunked, "attention", None)
+        monkeypatch.setattr(fused, "disable", _fail_on_fallback)
     return {"chunk_size": 3}
+
+
+def _fail_on_fallback(error):
+    raise AssertionError(f"the fused kernel failed and the portable path took over: {error}")
 
 
 def _attn(q, k, v, **kw):
@@ -196,7 +201,7 @@ def test_bias_just_above_the_threshold_is_not_a_mask(dtype, tol, path):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fill", ["fp32_max", "fp16_max", "minus_1e4"])
+@pytest.mark.parametrize("fill", ["fp32_max", "fp16_max", "minus_1e4", "at_threshold"])
 def test_fully_masked_rows_are_zero_on_every_path(fill, path):
     q, k, v = _qkv(2, 2, 7, 6, 4, seed=6)
     keep = torch.ones(2, 7, 6, dtype=torch.bool)
@@ -299,6 +304,16 @@ def test_nan_reaches_the_output_with_iterations(where, cost, path):
             assert torch.equal(nan, expected)
 
 
+def test_fully_masked_rows_stay_zero_when_nan_fills_the_rest_of_the_head(path):
+    q, k, v = _with_nan(*_qkv(2, 2, 6, 7, 4, seed=15), "q")  # NaN in query 2 of head (1, 0)
+    keep = torch.ones(2, 6, 7, dtype=torch.bool)
+    keep[1, 4] = False
+    out = _attn(q, k, v, iterations=2, mask=comfy_fill(keep, torch.float32), **path)
+    assert (out[1, :, 4] == 0).all()
+    assert torch.isnan(out[1, 0, [0, 1, 2, 3, 5]]).all()
+    assert not torch.isnan(out[0]).any() and not torch.isnan(out[1, 1]).any()
+
+
 def test_nan_in_a_query_makes_the_plan_nan():
     q, k, _ = _with_nan(*_qkv(2, 2, 6, 7, 4, seed=12), "q")
     assert torch.isnan(sinkhorn_plan(q, k, iterations=0)[1, 0, 2]).all()
@@ -327,7 +342,11 @@ def test_a_failing_fused_kernel_falls_back_to_the_portable_path_once(monkeypatch
     with caplog.at_level(logging.WARNING, logger=fused.__name__):
         out = _attn(q, k, v, mask=mask, chunk_size=4)
     torch.testing.assert_close(out, dense, atol=1e-5, rtol=1e-5)
-    assert len(calls) == 1 and "no kernel image" in caplog.text
+    assert len(calls) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "ASAG: the fused CPU attention kernel failed (no kernel image for this CPU); "
+        "using the portable path from now on"
+    ]
     assert not fused.usable(q, v)
     torch.testing.assert_close(_attn(q, k, v, mask=mask, chunk_size=4), dense, atol=1e-5, rtol=1e-5)
     assert len(calls) == 1, "a kernel that failed once must not be called again"

@@ -12,7 +12,7 @@ import ot
 import pytest
 import torch
 
-from asag_core import sinkhorn_plan
+from asag_core import logit_sign, sinkhorn_plan
 from asag_core.sinkhorn import COSTS
 
 
@@ -292,3 +292,55 @@ def test_bad_parameters_raise_value_error_naming_them(kwargs, name):
 def test_mismatched_shapes_raise_value_error(qshape, kshape):
     with pytest.raises(ValueError, match=r"\bq\b.*\bk\b"):
         sinkhorn_plan(torch.zeros(qshape), torch.zeros(kshape))
+
+
+@pytest.mark.parametrize(
+    "qshape,kshape,message",
+    [
+        ((1, 2, 4, 3), (2, 5, 3), "q and k must be 4-D (batch, heads, tokens, dim); got q (1, 2, 4, 3), k (2, 5, 3)"),
+        ((2, 4, 3), (1, 2, 5, 3), "q and k must be 4-D (batch, heads, tokens, dim); got q (2, 4, 3), k (1, 2, 5, 3)"),
+        (
+            (1, 2, 4, 3),
+            (1, 3, 5, 3),
+            "q and k must agree in batch, heads and head dim: q (1, 2, 4, 3) vs k (1, 3, 5, 3)",
+        ),
+    ],
+)
+def test_shape_errors_say_what_was_expected_and_what_came(qshape, kshape, message):
+    with pytest.raises(ValueError) as err:
+        sinkhorn_plan(torch.zeros(qshape), torch.zeros(kshape))
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"cost": "cosine"}, "cost must be one of adversarial, similarity, uniform; got 'cosine'"),
+        ({"mask": "causal"}, "mask must be a torch.Tensor or None, got str"),
+        ({"mask": torch.ones(1, 1, 1, 4, 5)}, "mask must have at most 4 dims, got shape (1, 1, 1, 4, 5)"),
+    ],
+)
+def test_parameter_errors_list_the_valid_values(kwargs, message):
+    q, k = _randn(1, 2, 4, 3), _randn(1, 2, 5, 3)
+    with pytest.raises(ValueError) as err:
+        sinkhorn_plan(q, k, **kwargs)
+    assert str(err.value) == message
+
+
+def test_logit_sign_of_each_cost_and_its_error():
+    assert [logit_sign(c) for c in COSTS] == [-1.0, 1.0, 0.0]
+    with pytest.raises(ValueError) as err:
+        logit_sign("cosine")
+    assert str(err.value) == "cost must be one of adversarial, similarity, uniform; got 'cosine'"
+
+
+def test_nan_in_a_query_reaches_its_masked_pairs_too():
+    # NaN + (-inf) is NaN, as in attention: the masked pairs of a NaN row are not silently 0
+    q, k = _randn(1, 1, 4, 3, seed=40), _randn(1, 1, 5, 3, seed=41)
+    q[0, 0, 1, 0] = float("nan")
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[:, 3] = False
+    for it in (0, 2):
+        plan = sinkhorn_plan(q, k, iterations=it, mask=mask)
+        assert torch.isnan(plan[0, 0, 1]).all()
+        assert torch.isnan(plan).all() == (it > 0)
