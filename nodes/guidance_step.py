@@ -20,6 +20,11 @@ The hand-over is scoped to one model evaluation: it is keyed by the evaluation's
 tensor (the very object ``sampling_function`` passes to both functions) and taken, not read,
 so nothing global is shared between steps, samplings or threads.
 
+A cond that carries a text padding mask (``attention_mask``: Lumina 2, HunyuanVideo and
+other DiTs with padded text) gets its adversarial copy in a call of its own from the same
+function: ComfyUI would batch the two (they have equal shapes), and its Lumina 2 and
+HunyuanVideo accept such a mask only in a batch of one.
+
 When the chosen layers did not run in the adversarial call (a caching node such as EasyCache
 or a first-block cache reused an earlier output), that step gets no ASAG term, with one
 warning per sampling run.
@@ -93,6 +98,12 @@ class _OncePerRun:
         say()
 
 
+def _carries_text_mask(cond) -> bool:
+    """A text padding mask: ComfyUI batches a cond with its same-shaped copy, and its Lumina 2 and
+    HunyuanVideo take such a mask only in a batch of one, so the copy needs a call of its own."""
+    return any("attention_mask" in entry.get("model_conds", {}) for entry in cond)
+
+
 class ASAGStep:
     """The two functions ASAG puts into model_options for one plan, and their hand-over."""
 
@@ -113,6 +124,11 @@ class ASAGStep:
             cond = conds[0]
             if cond is None or not self.plan.active_at(float(sigma.max())):
                 return comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
+            if _carries_text_mask(cond):
+                out = comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
+                adversarial = separate_adversarial_pass(model, cond, x, sigma, options, self.plan)
+                self._handoff.put(x, _SKIPPED if adversarial is None else adversarial)
+                return out
             adversarial, partners = rows.adversarial_cond(cond)
             with adversarial_call(model, options, self.plan, partners) as (adv_options, report):
                 if self.share_prefix:

@@ -14,10 +14,9 @@ alone: checked as such.
 
 ComfyUI's Lumina 2 and HunyuanVideo take a padding mask only in a batch of one (Lumina 2's
 (B, L) mask reaches attention as a 2-D (Nq, Nk) mask; HunyuanVideo builds a (1, 1, L) one), so
-the negative prompt here has another length (ComfyUI then runs cond and uncond apart) and
-another node holds ``sampler_calc_cond_batch_function``, so ASAG runs its adversarial branch
-as a model call of its own. With ASAG's default batched branch (cond and its adversarial copy
-in one batch of two) those models fail where plain ComfyUI samples: kept as a strict xfail.
+the negative prompt here has another length (ComfyUI then runs cond and uncond apart). ASAG
+runs the adversarial copy of a cond with a padding mask in a call of its own, on its batched
+path too (checked against the separate pass, where another node holds the batch slot).
 """
 
 import sys
@@ -145,13 +144,15 @@ def test_ltxv_padding_mask_stays_in_cross_attention(host, recorded_plans, monkey
     assert all(error < 1e-4 for _, _, error in recorded_plans)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="ASAG's fast path batches cond with its adversarial copy (nodes/guidance_step.py "
-    "asag_calc_cond_batch); ComfyUI's Lumina 2 and HunyuanVideo accept a text padding mask only in a "
-    "batch of one, so sampling fails where plain ComfyUI (cond and uncond of other lengths) succeeds",
-)
 @pytest.mark.parametrize("family", ["lumina2", "hunyuan_video"])
-def test_batched_adversarial_branch_samples_padded_text(host, family):
-    assert torch.isfinite(_sample_with_asag(host, family, separate_pass=False)).all()
+def test_the_fast_path_samples_padded_text(host, family, recorded_plans):
+    """Without another node on the batch slot: the cond with a padding mask gets its adversarial
+    copy in a call of its own (ComfyUI would batch the two, and these models take a padding
+    mask only in a batch of one), with zero plan mass on the padded keys."""
+    left = family == "lumina2"
+    out = _sample_with_asag(host, family, separate_pass=False, left=left)
+    assert torch.isfinite(out).all() and recorded_plans
+    for plan, padded, output_error in recorded_plans:
+        assert output_error < 1e-4 and padded is not None and int(padded[0, 0, 0].sum()) == PADDING
+        assert (plan[padded] == 0).all()
+    assert torch.equal(out, _sample_with_asag(host, family, separate_pass=True, left=left))
