@@ -25,13 +25,14 @@ classifier assigns), ``acc`` (conditional only), ``sat`` (saturated-pixel fracti
 ``move`` (RMS pixel change against the unguided samples of the same seed: how hard the
 guidance pushed).
 
-The full run adds, in the unconditional regime on the main model at ``ABLATION_SCALE``:
-each single self-attention layer (ASAG and PAG), λ, Sinkhorn iterations, and the three
-costs at three scales; then repeats the three regimes on the weaker ``small`` model.
-Partial results are checkpointed to ``<out>/quality_results.partial.json`` after every
-setting and reused by a re-run; the final JSON is ``<out>/quality_results.json``, with
-plots and sample grids (``benchmarks.quality_plots``).  The last stdout line is one JSON
-object (``regimes.<regime>.{none,asag,pag_same_layers,...}``, ``layers``).
+The full run samples the three regimes on both tiny models (``main``, then the weaker
+``small``), then, on the main model in the unconditional regime at ``ABLATION_SCALE``: each
+single self-attention layer (ASAG and PAG), λ, Sinkhorn iterations, and the three costs at
+three scales.  Partial results are checkpointed to ``<out>/quality_results.partial.json``
+after every setting and reused by a re-run (removed once the run completes); the final JSON
+is ``<out>/quality_results.json``, with plots and sample grids (``benchmarks.quality_plots``).
+The last stdout line is one JSON object (``layers``, ``regimes.<regime>.{none, asag,
+pag_same_layers, ...}``).
 
 With a real checkpoint (GPU), the same regimes and layer-matched rows::
 
@@ -456,6 +457,7 @@ def main(argv=None):
         print(markdown(name, summary) + "\n")
     if args.out and not args.quick:
         write_outputs(args, result, runners)
+        os.remove(store)  # complete: the final JSON holds everything the checkpoint did
     print(json.dumps({k: v for k, v in result.items() if k != "models"} if args.quick else result,
                      separators=(",", ":"), default=_json_default))
 
