@@ -290,6 +290,8 @@ def test_any_explicit_layer_on_an_empty_model_names_the_model():
                       f"(e.g. d0-d3, or list both: d0, u3). {GRAMMAR_HELP}"),
         ("double0-single5", "layers: 'double0-single5' ranges from double to single; a range stays in one part "
                             f"or stack (e.g. double0-double3, or list both: double0, single5). {GRAMMAR_HELP}"),
+        ("d1-u2-3", "layers: 'd1-u2-3' ranges from d to u; a range stays in one part or stack "
+                    f"(e.g. d0-d3, or list both: d1, u2-3). {GRAMMAR_HELP}"),
     ],
 )
 def test_unreadable_specs_say_why_with_the_grammar(spec, message):
