@@ -26,7 +26,7 @@ classifier assigns), ``acc`` (conditional only), ``sat`` (saturated-pixel fracti
 guidance pushed).
 
 The full run samples the three regimes on both tiny models (``main``, then the weaker
-``small``), then, on the main model in the unconditional regime at ``ABLATION_SCALE``: each
+``small``), then, on each model in the unconditional regime at ``ABLATION_SCALE``: each
 single self-attention layer (ASAG and PAG), λ, Sinkhorn iterations, and the three costs at
 three scales.  Partial results are checkpointed to ``<out>/quality_results.partial.json``
 after every setting and reused by a re-run (removed once the run completes); the final JSON
@@ -446,9 +446,10 @@ def main(argv=None):
     for name in args.models:
         models[name], runners[name] = run_model(host, args, name, store, log)
     first = args.models[0]
-    if not args.quick and not args.no_ablations and first != "checkpoint":
-        models[first]["ablations"] = ablation_summary(
-            runners[first], ablation_settings(host, runners[first].backend.model, args.layers, ABLATION_SCALE))
+    for name, runner in runners.items():
+        if not args.quick and not args.no_ablations and name != "checkpoint":
+            models[name]["ablations"] = ablation_summary(
+                runner, ablation_settings(host, runner.backend.model, args.layers, ABLATION_SCALE))
     result = {"backend": "checkpoint" if args.checkpoint else "tiny", "n": args.n, "seeds": list(range(args.seeds)),
               "steps": args.steps, "quick": args.quick, "threads": torch.get_num_threads(),
               "feature_metric": runners[first].backend.feature_name, **headline(models[first]),

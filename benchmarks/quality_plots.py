@@ -4,8 +4,8 @@
   same layers, one panel per regime (columns) and model (rows);
 - ``quality_grid.png`` / ``quality_grid_small.png``: seed-0 samples of each method at its
   best scale, one row per regime;
-- ``quality_ablations.png``: single layers, λ, iterations, and the three costs' recall and
-  diversity against how far they moved the samples.
+- ``quality_ablations.png`` / ``quality_ablations_small.png``: single layers, λ, iterations,
+  and the three costs' recall and diversity against how far they moved the samples.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ def write_all(result: dict, runners: dict, out_dir: str) -> None:
     for name, runner in runners.items():
         suffix = "" if name == "main" else f"_{name}"
         sample_grid(result["models"][name], runner, os.path.join(out_dir, f"quality_grid{suffix}.png"))
-    first = next(iter(runners))
-    if "ablations" in result["models"][first]:
-        ablation_plot(result["models"][first]["ablations"], result["models"][first],
-                      os.path.join(out_dir, "quality_ablations.png"))
+    for name in runners:
+        summary = result["models"][name]
+        if "ablations" in summary:
+            suffix = "" if name == "main" else f"_{name}"
+            ablation_plot(name, summary["ablations"], summary, os.path.join(out_dir, f"quality_ablations{suffix}.png"))
 
 
 def _regime_title(name: str, r: dict) -> str:
@@ -106,7 +107,7 @@ def sample_grid(summary: dict, runner, path: str) -> None:
     plt.close(fig)
 
 
-def ablation_plot(rows: list[dict], summary: dict, path: str) -> None:
+def ablation_plot(model: str, rows: list[dict], summary: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 5, figsize=(22, 3.8))
     base = [r for r in rows if r["cost"] == "adversarial" and _varies_only(r, "layers")]
     layers = list(dict.fromkeys(r["layers"] for r in base))
@@ -138,7 +139,7 @@ def ablation_plot(rows: list[dict], summary: dict, path: str) -> None:
         ax.legend(fontsize=7)
     for ax in axes[:3]:
         ax.set_ylabel("FD ↓")
-    fig.suptitle(f"main model, unconditional regime, ablations at scale {ABLATION_SCALE:g} "
+    fig.suptitle(f"{model} model, unconditional regime, ablations at scale {ABLATION_SCALE:g} "
                  "(costs: scales 0.25/0.5/1)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
