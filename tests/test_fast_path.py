@@ -415,3 +415,34 @@ def test_a_guider_that_batches_by_itself_gets_the_separate_pass(host, models, ca
     told = [r.getMessage() for r in caplog.records if "separate model pass" in r.getMessage()]
     assert len(told) == 1 and "this guider evaluates the conds" in told[0]
     assert len(sinkhorn_calls) == STEPS and (guided - plain).abs().max() > 1e-3
+
+
+def test_skip_layer_guidance_dit_post_cfg_node(host, models, sinkhorn_calls):
+    """SkipLayerGuidanceDiT (the post-CFG node, its own extra pass) beside ASAG's batched call:
+    both terms apply, and with one Euler step they add up exactly."""
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+
+    family = "flux"
+    base = models[family]
+    slg = SkipLayerGuidanceDiT.execute(base, 3.0, 0.0, 1.0, double_layers="0", single_layers="").result[0]
+
+    def step(model):
+        from comfy_extras import nodes_custom_sampler as ncs
+
+        pos, neg = tiny_models.conditioning(family)
+        (guider,) = ncs.CFGGuider().get_guider(model, pos, neg, 4.0)
+        (noise,) = ncs.RandomNoise().get_noise(1)
+        (sampler,) = ncs.KSamplerSelect().get_sampler("euler")
+        (sigmas,) = ncs.BasicScheduler().get_sigmas(model, "normal", 1, 1.0)
+        out, _ = ncs.SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, tiny_models.latent(family))
+        return out["samples"]
+
+    plain = step(base)
+    effect_slg = step(slg) - plain
+    effect_asag = step(sampling.asag_on(host, base, "fast", scale=1.5)) - plain
+    with ModelCalls(base) as calls:
+        effect_both = step(sampling.asag_on(host, slg, "fast", scale=1.5)) - plain
+    assert calls.batches == [3, 1], "ASAG's batched call, then SLG's own pass"
+    assert sinkhorn_calls and effect_slg.abs().max() > 1e-3 and effect_asag.abs().max() > 1e-3
+    torch.testing.assert_close(effect_both, effect_slg + effect_asag, rtol=1e-4,
+                               atol=1e-4 * float(effect_both.abs().max()))
