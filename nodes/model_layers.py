@@ -31,15 +31,31 @@ def family_name(model_patcher) -> str:
     return type(config).__name__ if config is not None else type(model.diffusion_model).__name__
 
 
+_UNET_BLOCKS = weakref.WeakKeyDictionary()  # UNetModel -> {patch key: BasicTransformerBlock}
+
+
+def _unet_transformer_blocks(diffusion_model) -> dict:
+    """Every BasicTransformerBlock of a U-Net by its attn1 patch key (part, block id, transformer
+    index); read once per model, as a U-Net has thousands of modules."""
+    blocks = _UNET_BLOCKS.get(diffusion_model)
+    if blocks is None:
+        blocks = {}
+        for name, module in diffusion_model.named_modules():
+            m = _UNET_BLOCK_RE.match(name)
+            if m:
+                part = _UNET_PARTS[m.group(1) or m.group(3)]
+                # ComfyUI numbers the middle block 0 in transformer_options["block"]
+                block_id = 0 if part == "middle" else int(m.group(2))
+                blocks[(part, block_id, int(m.group(4)))] = module
+        _UNET_BLOCKS[diffusion_model] = blocks
+    return blocks
+
+
 def _unet_catalog(diffusion_model, family):
     per_block: dict = {}
-    for name, module in diffusion_model.named_modules():
-        m = _UNET_BLOCK_RE.match(name)
-        if not m or getattr(module, "disable_self_attn", False) or not hasattr(module, "attn1"):
+    for (part, block_id, _), module in _unet_transformer_blocks(diffusion_model).items():
+        if getattr(module, "disable_self_attn", False) or not hasattr(module, "attn1"):
             continue
-        part = _UNET_PARTS[m.group(1) or m.group(3)]
-        # ComfyUI numbers the middle block 0 in transformer_options["block"]
-        block_id = 0 if part == "middle" else int(m.group(2))
         per_block.setdefault(part, {}).setdefault(block_id, 0)
         per_block[part][block_id] += 1
     unet = {part: sorted(blocks.items()) for part, blocks in per_block.items()}
@@ -85,21 +101,9 @@ def layer_catalog(model_patcher) -> LayerCatalog:
     return LayerCatalog(family, dit=dit)
 
 
-_UNET_BLOCKS = weakref.WeakKeyDictionary()  # UNetModel -> {patch key: BasicTransformerBlock}
-
-
 def unet_transformer_block(diffusion_model, layer):
     """The BasicTransformerBlock of a U-Net layer (part, block id, transformer index)."""
-    blocks = _UNET_BLOCKS.get(diffusion_model)
-    if blocks is None:  # read once per model: a U-Net has thousands of modules
-        blocks = {}
-        for name, module in diffusion_model.named_modules():
-            m = _UNET_BLOCK_RE.match(name)
-            if m:
-                part = _UNET_PARTS[m.group(1) or m.group(3)]
-                block_id = 0 if part == "middle" else int(m.group(2))
-                blocks[(part, block_id, int(m.group(4)))] = module
-        _UNET_BLOCKS[diffusion_model] = blocks
+    blocks = _unet_transformer_blocks(diffusion_model)
     if layer.patch_key not in blocks:
         raise LookupError(f"no transformer block {layer.patch_key} in this U-Net")
     return blocks[layer.patch_key]
