@@ -52,8 +52,7 @@ from .shared_prefix import with_shared_prefix
 CALC_COND_BATCH = "sampler_calc_cond_batch_function"
 POST_CFG = "sampler_post_cfg_function"
 
-_SKIPPED = object()  # the adversarial call ran, but a cache skipped the chosen layers
-_MISSING = object()  # no batched call left anything for this evaluation
+_MISSING = object()  # no batched call left anything for this evaluation (None: a cache skipped the layers)
 
 log = logging.getLogger("comfyui-asag")
 
@@ -126,15 +125,14 @@ class ASAGStep:
                 return comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
             if _carries_text_mask(cond):
                 out = comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
-                adversarial = separate_adversarial_pass(model, cond, x, sigma, options, self.plan)
-                self._handoff.put(x, _SKIPPED if adversarial is None else adversarial)
+                self._handoff.put(x, separate_adversarial_pass(model, cond, x, sigma, options, self.plan))
                 return out
             adversarial, partners = rows.adversarial_cond(cond)
             with adversarial_call(model, options, self.plan, partners) as (adv_options, report):
                 if self.share_prefix:
                     adv_options = with_shared_prefix(adv_options, self.plan)
                 out = comfy.samplers.calc_cond_batch(model, list(conds) + [adversarial], x, sigma, adv_options)
-            self._handoff.put(x, out[-1] if report.ran else _SKIPPED)
+            self._handoff.put(x, out[-1] if report.ran else None)
             return out[:-1]
 
         asag_calc_cond_batch.asag_step = self
@@ -150,7 +148,7 @@ class ASAGStep:
             if adversarial is _MISSING:
                 self._tell_separate(options, lambda: self._say_separate(options))
                 adversarial = separate_adversarial_pass(args["model"], cond, x, sigma, options, self.plan)
-            if adversarial is None or adversarial is _SKIPPED:
+            if adversarial is None:
                 self._tell_skipped(options, self._say_skipped)
                 return cfg_result
             return apply_asag(cfg_result, args["cond_denoised"], adversarial, self.plan.settings)
