@@ -26,8 +26,9 @@ XFAIL = {
         "HunYuanDiT.forward calls block(x, c, text_states, freqs_cis_img, skip) (also in its "
         "patches_replace['dit'] block_wrap), and comfy/ldm/hydit/attn_layers.py Attention/CrossAttention "
         "call optimized_attention(q, k, v, heads, skip_reshape=True, attn_precision=...) without "
-        "transformer_options, so wrap_attn never sees optimized_attention_override; ASAG's check_ran "
-        "raises 'the Sinkhorn attention never ran' at the first step"
+        "transformer_options, so wrap_attn never sees optimized_attention_override; ASAG's call report "
+        "raises 'the chosen layers ... ran, but their self-attention never reached the Sinkhorn attention' at "
+        "the first step"
     ),
 }
 
