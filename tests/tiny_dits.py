@@ -10,12 +10,20 @@ the same ``get_model`` → model_base → ModelPatcher path as a loaded checkpoi
 class's ``extra_conds`` and its latent_format expect: video models take 5-D latents
 (B, C, T, H, W); LTXV, Mochi and Lumina 2 read a text attention mask; HunyuanVideo and
 HiDream a pooled text vector; HiDream a stack of Llama-3 hidden states.
+
+For video workflows: the two Wan 2.2 14B experts, Wan 2.1 image-to-video, and the encoders its
+nodes take (ComfyUI's own Wan 2.1 / 2.2 and LTXV VAEs and CLIP vision model at tiny widths).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from unittest import mock
+
 import torch
-from tiny_models import CONTEXT, _patcher
+from tiny_models import CONTEXT, _init_weights, _patcher
 
 POOLED = 32  # width of the pooled text vector where a family has one
 
@@ -385,3 +393,105 @@ def padded_conditioning(family, seed=0, batch=1, tokens=7, padding=3, left=False
     for cond in (pos, neg):
         cond[0][1]["attention_mask"] = keep.clone()
     return pos, neg
+
+
+def wan22_14b_expert(noise, dtype=torch.float32):
+    """One expert of Wan 2.2 14B text-to-video (``noise``: "high" | "low"): ComfyUI detects both
+    checkpoints as WAN21_T2V, the Wan 2.1 layout on the 16-channel latent; they differ in weights."""
+    return wan21(seed={"high": 1, "low": 2}[noise], dtype=dtype)
+
+
+def wan21_i2v(seed=0, dtype=torch.float32):
+    """Wan 2.1 image-to-video (WAN21_I2V): in_dim 36 = 16 latent + 4 mask + 16 start-image channels,
+    the CLIP-vision embedding ``img_emb`` (1280 wide) and image+text cross-attention blocks."""
+    import comfy.supported_models
+
+    cfg = _wan_config(model_type="i2v", in_dim=36)
+    return _patcher(comfy.supported_models.WAN21_I2V(cfg), seed=seed, dtype=dtype)
+
+
+CLIP_VISION_IMAGE = 28  # pixels: 2 x 2 patches of 14
+CLIP_VISION_TOKENS = (CLIP_VISION_IMAGE // 14) ** 2 + 1  # + the class token
+
+
+def clip_vision_h(seed=0):
+    """A tiny CLIP ViT-H image encoder: ComfyUI's ClipVisionModel from a config file, as
+    CLIPVisionLoader builds it, at the 1280 width Wan's img_emb expects, 2 layers, 28 px."""
+    import comfy.clip_vision
+
+    config = {"hidden_act": "gelu", "hidden_size": 1280, "image_size": CLIP_VISION_IMAGE, "intermediate_size": 256,
+              "layer_norm_eps": 1e-05, "model_type": "clip_vision_model", "num_attention_heads": 16,
+              "num_channels": 3, "num_hidden_layers": 2, "patch_size": 14, "projection_dim": 64}
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "clip_vision_tiny_h.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        clip_vision = comfy.clip_vision.ClipVisionModel(path)
+    _init_weights(clip_vision.model, seed)
+    clip_vision.model.requires_grad_(False)
+    return clip_vision
+
+
+def _comfy_vae(state_dict, metadata=None):
+    """``comfy.sd.VAE`` built from ``state_dict`` (and safetensors ``metadata``) as VAELoader builds it."""
+    import comfy.sd
+
+    vae = comfy.sd.VAE(sd=state_dict, metadata=metadata)
+    vae.first_stage_model.requires_grad_(False)  # as loaded weights are used: no autograd graph
+    return vae
+
+
+def _wan_vae(module, seed, **dims):
+    """ComfyUI fixes the Wan VAEs' widths itself (dim 96 / 160: hundreds of MiB), so for the one
+    ``VAE()`` call its Wan branch gets our tiny instance of the same ``module.WanVAE`` class."""
+    tiny = module.WanVAE(dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
+                         temperal_downsample=[False, True, True], dropout=0.0, **dims)
+    _init_weights(tiny, seed)
+    with torch.no_grad():  # RMS-norm gains of 1 (_init_weights draws ``gamma`` like a bias)
+        for name, p in tiny.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(1.0)
+    with mock.patch.object(module, "WanVAE", lambda **config: tiny):
+        return _comfy_vae(tiny.state_dict())
+
+
+def wan_vae(version, seed=0):
+    """The Wan 2.1 VAE (``version`` "2.1": comfy.ldm.wan.vae, 16 channels, 8x spatial) or the Wan 2.2
+    VAE ("2.2": comfy.ldm.wan.vae2_2, 48 channels, 16x spatial), both 4x temporal, at width 16."""
+    import comfy.ldm.wan.vae
+    import comfy.ldm.wan.vae2_2
+
+    if version == "2.1":
+        return _wan_vae(comfy.ldm.wan.vae, seed, dim=16, z_dim=16)
+    return _wan_vae(comfy.ldm.wan.vae2_2, seed, dim=16, dec_dim=16, z_dim=48)
+
+
+_COMPRESS = ["compress_all", {"multiplier": 1}]
+LTXV_TINY_VAE = {
+    "_class_name": "CausalVideoAutoencoder", "dims": 3, "in_channels": 3, "out_channels": 3, "latent_channels": 128,
+    # 4x4 patches, then three 2x2x2 compressions: LTXV's 32x spatial, 8x temporal (1 + 8k frames)
+    "encoder_blocks": [["res_x", 1], ["compress_all", 1], ["compress_all", 1], ["compress_all", 1]],
+    # the decoder runs its blocks in reverse: up_blocks.0 must be a res_x, the key VAE() detects LTXV by
+    "decoder_blocks": [_COMPRESS, _COMPRESS, _COMPRESS, ["res_x", 1]],
+    "scaling_factor": 1.0, "norm_layer": "pixel_norm", "patch_size": 4, "latent_log_var": "uniform",
+    "use_quant_conv": False, "causal_decoder": False,
+}
+
+
+def ltxv_vae(seed=0):
+    """The LTX-Video VAE (CausalVideoAutoencoder), one block per stage: ComfyUI reads an LTXV VAE's
+    config from the safetensors metadata (``{"vae": ...}``), the path a checkpoint with its own
+    config takes."""
+    import comfy.ldm.lightricks.vae.causal_video_autoencoder as ltx_vae
+
+    tiny = ltx_vae.VideoVAE(config=LTXV_TINY_VAE)
+    _init_weights(tiny, seed)
+    with torch.no_grad():
+        tiny.per_channel_statistics.get_buffer("mean-of-means").zero_()
+        tiny.per_channel_statistics.get_buffer("std-of-means").fill_(1.0)
+    return _comfy_vae(tiny.state_dict(), metadata={"config": json.dumps({"vae": LTXV_TINY_VAE})})
+
+
+def video_frames(frames, height, width, seed=0):
+    """A random IMAGE batch (frames, H, W, 3) in [0, 1], as LoadImage or a video loader gives it."""
+    return torch.rand(frames, height, width, 3, generator=torch.Generator().manual_seed(seed))
