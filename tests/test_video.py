@@ -18,6 +18,7 @@ adversarial branch is a model call of its own) and the unpatched model.
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple
 
 import pytest
 import sampling
@@ -50,18 +51,17 @@ def qk_tokens(host, sinkhorn_calls, monkeypatch):
 class Forwards:
     """Every forward of a diffusion model, as a context manager: (batch rows, what one row got):
     input channels, the timestep's per-row shape (per frame / token where a noise mask sets
-    one), the CLIP-vision tokens' shape (``clip_fea``, Wan image-to-video)."""
+    one), and each tensor input's name and per-row shape (clip_fea, keyframe_idxs ...)."""
 
     def __init__(self, model):
         self.calls = []
         self.handle = model.model.diffusion_model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
-        x, timestep = args[:2]  # ComfyUI's apply_model: diffusion_model(x, t, context=..., ...)
-        clip = kwargs.get("clip_fea")
-        assert timestep.shape[0] == x.shape[0] and (clip is None or clip.shape[0] == x.shape[0])
-        self.calls.append((x.shape[0], (x.shape[1], tuple(timestep.shape[1:]),
-                                        None if clip is None else tuple(clip.shape[1:]))))
+        x, timestep = args[:2]  # ComfyUI's apply_model: diffusion_model(x, t, context=..., **extra_conds)
+        tensors = {name: v for name, v in kwargs.items() if isinstance(v, torch.Tensor)}
+        per_row = tuple(sorted((name, tuple(v.shape[1:])) for name, v in tensors.items() if v.shape[0] == x.shape[0]))
+        self.calls.append((x.shape[0], (x.shape[1], tuple(timestep.shape[1:]), per_row)))
 
     @property
     def batches(self):
@@ -177,6 +177,20 @@ def test_asag_on_the_high_noise_expert_only(host, experts, sinkhorn_calls):
 # image-to-video conditioning
 # ---------------------------------------------------------------------------------------------
 
+class Conditioned(NamedTuple):
+    """An image-to-video graph's output, and what each row of a model call must get: the latent
+    tokens of the chosen block, the input channels, the timestep's per-row shape, tensor inputs."""
+
+    model: object
+    positive: list
+    negative: list
+    latent: dict
+    tokens: int
+    channels: int
+    timestep: tuple
+    inputs: dict
+
+
 def wan22_5b_image_to_video(host):
     """Wan 2.2 5B: the start image encoded into frame 0 of the latent, a noise mask keeping it."""
     from comfy_extras.nodes_wan import Wan22ImageToVideoLatent
@@ -185,7 +199,8 @@ def wan22_5b_image_to_video(host):
     (latent,) = Wan22ImageToVideoLatent.execute(tiny_dits.wan_vae("2.2"), 128, 128, 5, 1, start_image=image).result
     assert latent["samples"].shape == (1, 48, 2, 8, 8) and latent["noise_mask"].shape == (1, 1, 2, 8, 8)
     pos, neg = tiny_dits.conditioning("wan22")
-    return tiny_dits.wan22(), pos, neg, latent, 2 * 4 * 4, (48, (2,), None)  # a timestep per latent frame
+    # a timestep per latent frame, from the noise mask
+    return Conditioned(tiny_dits.wan22(), pos, neg, latent, 2 * 4 * 4, 48, (2,), {"denoise_mask": (48, 2, 8, 8)})
 
 
 def wan21_image_to_video(host):
@@ -201,7 +216,7 @@ def wan21_image_to_video(host):
         assert {"concat_latent_image", "concat_mask", "clip_vision_output"} <= set(cond[0][1])
     model = tiny_dits.wan21_i2v()
     assert model.model.diffusion_model.img_emb is not None, "the i2v variant, with the image embedding"
-    return model, pos, neg, latent, WAN_TOKENS, (36, (), (tiny_dits.CLIP_VISION_TOKENS, 1280))
+    return Conditioned(model, pos, neg, latent, WAN_TOKENS, 36, (), {"clip_fea": (tiny_dits.CLIP_VISION_TOKENS, 1280)})
 
 
 def ltxv_img_to_video(host):
@@ -212,7 +227,8 @@ def ltxv_img_to_video(host):
     pos, neg, latent = LTXVImgToVideo.execute(pos, neg, tiny_dits.video_frames(1, 128, 128), tiny_dits.ltxv_vae(),
                                               128, 128, 9, 1, 1.0).result
     assert latent["samples"].shape == (1, 128, 2, 4, 4) and latent["noise_mask"].shape == (1, 1, 2, 1, 1)
-    return tiny_dits.ltxv(), pos, neg, latent, 2 * 4 * 4, (128, (32, 1), None)  # a timestep per token
+    # a timestep per token, from the noise mask
+    return Conditioned(tiny_dits.ltxv(), pos, neg, latent, 2 * 4 * 4, 128, (32, 1), {"denoise_mask": (128, 2, 4, 4)})
 
 
 def ltxv_add_guide(host):
@@ -225,7 +241,8 @@ def ltxv_add_guide(host):
     pos, neg, latent = LTXVAddGuide.execute(pos, neg, tiny_dits.ltxv_vae(), empty, tiny_dits.video_frames(1, 128, 128),
                                             0, 1.0).result
     assert latent["samples"].shape == (1, 128, 3, 4, 4) and "keyframe_idxs" in pos[0][1]
-    return tiny_dits.ltxv(), pos, neg, latent, 3 * 4 * 4, (128, (48, 1), None)
+    inputs = {"denoise_mask": (128, 3, 4, 4), "keyframe_idxs": (3, 16)}  # 3 coordinates x 16 keyframe tokens
+    return Conditioned(tiny_dits.ltxv(), pos, neg, latent, 3 * 4 * 4, 128, (48, 1), inputs)
 
 
 IMAGE_TO_VIDEO = {
@@ -238,7 +255,8 @@ IMAGE_TO_VIDEO = {
 
 @pytest.mark.parametrize("workflow", list(IMAGE_TO_VIDEO))
 def test_image_to_video(host, workflow, sinkhorn_calls, qk_tokens):
-    model, pos, neg, latent, tokens, row = IMAGE_TO_VIDEO[workflow](host)
+    graph = IMAGE_TO_VIDEO[workflow](host)
+    model, pos, neg, latent = graph[:4]
     plain = ksampler(host, model, pos, neg, latent)
     assert torch.isfinite(plain).all()
     assert torch.equal(ksampler(host, sampling.asag_on(host, model, "fast", scale=0.0), pos, neg, latent), plain)
@@ -251,20 +269,27 @@ def test_image_to_video(host, workflow, sinkhorn_calls, qk_tokens):
             outs[path] = ksampler(host, sampling.asag_on(host, model, path), pos, neg, latent)
         assert len(sinkhorn_calls) == STEPS, f"{path}: one Sinkhorn call per step in the one chosen block"
         assert {rows for _, rows, _ in sinkhorn_calls} == {1}
-        assert set(qk_tokens) == {(tokens, tokens)}, "Nq = Nk = every video token"
-    # a cond with a text mask (LTXV's T5 conds carry attention_mask) gets its adversarial copy in
-    # a call of its own on the fast path too (nodes/guidance_step.py, README "text padding masks")
+        assert set(qk_tokens) == {(graph.tokens, graph.tokens)}, "Nq = Nk = every video token"
+    # a cond with a text mask (LTXV's T5 conds always carry attention_mask) gets its adversarial copy
+    # in a call of its own on the fast path too: today's documented text-mask branch (README "text
+    # padding masks"), although LTXV batches such masks (cond + uncond: one call of 2 rows)
     fast_step = [2, 1] if "attention_mask" in pos[0][1] else [3]
     assert forwards["fast"].batches == fast_step * STEPS and forwards["separate"].batches == [2, 1] * STEPS
     assert_relative(outs["fast"], outs["separate"])
     assert _differs(outs["fast"], plain)
-    # every pass, the adversarial one included, got the image conditioning and the mask's timesteps
-    assert forwards["fast"].rows_got == forwards["separate"].rows_got == {row}
+    # every pass, the adversarial one included, got what the unpatched model's rows get: the image
+    # conditioning, the CLIP-vision tokens, the keyframe positions, the noise mask's timesteps
+    with Forwards(model) as unpatched:
+        ksampler(host, model, pos, neg, latent)
+    assert forwards["fast"].rows_got == forwards["separate"].rows_got == unpatched.rows_got
+    ((channels, timestep, inputs),) = unpatched.rows_got
+    assert (channels, timestep) == (graph.channels, graph.timestep)
+    assert set(graph.inputs.items()) <= set(inputs), inputs
 
 
 @pytest.mark.parametrize("workflow", ["wan22_5b_latent", "ltxv_img_to_video"])
 def test_the_noise_mask_keeps_the_start_frame_under_asag(host, workflow):
-    model, pos, neg, latent, _, _ = IMAGE_TO_VIDEO[workflow](host)
+    model, pos, neg, latent = IMAGE_TO_VIDEO[workflow](host)[:4]
     guided = ksampler(host, sampling.asag_on(host, model, "fast"), pos, neg, latent)
     kept = latent["noise_mask"].expand_as(latent["samples"]) == 0
     torch.testing.assert_close(guided[kept], latent["samples"][kept], rtol=0, atol=1e-6)
