@@ -1,8 +1,8 @@
 """ComfyUI glue: the ASAG nodes and the extension that registers them."""
 
-from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
+from .comfy_internals import ComfyExtension, io
 from .guidance_nodes import NODES
 
 

@@ -19,15 +19,19 @@ that patches written for (cond, uncond) batches keep working:
 
 The relabelling happens in an ``APPLY_MODEL`` wrapper placed outermost (and, when a node has
 set one, around the ``model_function_wrapper``, which runs before ``apply_model``), and only
-in the model_options of the adversarial call.
+in the model_options of the adversarial call. Neither changes a dict ComfyUI handed over: each
+hands the next stage a transformer_options dict of its own carrying the tags, so the tags
+reach the model through any copy ComfyUI makes on the way (0.38's ``_apply_model`` passes the
+diffusion model a shallow copy).
 """
 
 from __future__ import annotations
 
 import uuid as uuid_lib
 
-import comfy.patcher_extension
 import torch
+
+from . import comfy_internals as comfy
 
 #: transformer_options key: per chunk, the conditional partner's uuid (adversarial) or None
 ADVERSARIAL_ROWS = "asag_adversarial_rows"
@@ -46,68 +50,81 @@ def adversarial_cond(cond: list) -> tuple[list, dict]:
     """The adversarial copy of a processed cond list, and {adversarial uuid: conditional uuid}."""
     copies, partners = [], {}
     for entry in cond:
-        own = adversarial_uuid(entry["uuid"])
-        partners[own] = entry["uuid"]
-        copies.append({**entry, "uuid": own})
+        own = adversarial_uuid(entry[comfy.COND_UUID])
+        partners[own] = entry[comfy.COND_UUID]
+        copies.append({**entry, comfy.COND_UUID: own})
     return copies, partners
 
 
-def mark_rows(transformer_options: dict, partners: dict) -> None:
-    """Tag the chunks of one model call (in place; the dict is that call's own)."""
+def marked(transformer_options: dict, partners: dict) -> dict:
+    """A copy of one model call's ``transformer_options`` with its chunks tagged and the
+    adversarial ones relabelled slot 0 (the same dict if it is tagged already)."""
     if ADVERSARIAL_ROWS in transformer_options:
-        return
-    uuids = list(transformer_options.get("uuids") or [])
-    flags = [partners.get(u) for u in uuids]
-    transformer_options[ADVERSARIAL_ROWS] = flags
-    order = transformer_options.get("cond_or_uncond")
+        return transformer_options
+    out = dict(transformer_options)
+    flags = [partners.get(u) for u in transformer_options.get(comfy.UUIDS) or []]
+    out[ADVERSARIAL_ROWS] = flags
+    order = transformer_options.get(comfy.COND_OR_UNCOND)
     if order and len(order) == len(flags):
         relabelled = zip(order, flags, strict=True)
-        transformer_options["cond_or_uncond"] = [COND_SLOT if f is not None else s for s, f in relabelled]
+        out[comfy.COND_OR_UNCOND] = [COND_SLOT if f is not None else s for s, f in relabelled]
+    return out
 
 
 def _marker_wrapper(partners: dict, around_batch):
     def asag_mark_adversarial_rows(executor, x, t, c_concat=None, c_crossattn=None, control=None,
                                    transformer_options={}, **kwargs):
-        mark_rows(transformer_options, partners)
+        options = marked(transformer_options, partners)
 
         def run():
-            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+            return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
 
-        return around_batch(run, chunk_flags(transformer_options) or [])
+        return around_batch(executor, run, chunk_flags(options) or [])
 
     return asag_mark_adversarial_rows
 
 
 def _around_model_function_wrapper(inner, partners: dict):
     def asag_model_function_wrapper(apply_model, args):
-        to = args["c"].get("transformer_options")
+        to = args["c"].get(comfy.TRANSFORMER_OPTIONS)
         if to is not None:
-            mark_rows(to, partners)
-            args = {**args, "cond_or_uncond": list(to.get("cond_or_uncond", args["cond_or_uncond"]))}
+            to = marked(to, partners)
+            args = {**args, "c": {**args["c"], comfy.TRANSFORMER_OPTIONS: to},
+                    comfy.COND_OR_UNCOND: list(to.get(comfy.COND_OR_UNCOND, args[comfy.COND_OR_UNCOND]))}
         return inner(apply_model, args)
 
     return asag_model_function_wrapper
 
 
-def _just_run(run, flags):
+def _just_run(executor, run, flags):
     return run()
 
 
 def with_row_marking(model_options: dict, partners: dict, around_batch=_just_run) -> dict:
     """A copy of ``model_options`` whose model calls tag and relabel the adversarial chunks.
 
-    ``around_batch(run, flags)`` is called for each model call, with the per-chunk
+    ``around_batch(executor, run, flags)`` is called for each model call (``executor`` the
+    APPLY_MODEL executor, whose class_obj is the BaseModel running the call), with the per-chunk
     adversarial flags, and must return ``run()``."""
-    options = dict(model_options)
-    to = dict(options.get("transformer_options", {}))
-    wrappers = {kind: dict(by_key) for kind, by_key in to.get("wrappers", {}).items()}
-    kind = comfy.patcher_extension.WrappersMP.APPLY_MODEL
     # outermost: every other apply_model wrapper already sees slot 0 and the pack's key
-    wrappers[kind] = {MARKER_WRAPPER_KEY: [_marker_wrapper(partners, around_batch)], **wrappers.get(kind, {})}
-    to["wrappers"] = wrappers
-    options["transformer_options"] = to
-    if "model_function_wrapper" in options:
-        options["model_function_wrapper"] = _around_model_function_wrapper(options["model_function_wrapper"], partners)
+    options = with_apply_model_wrapper(model_options, MARKER_WRAPPER_KEY, _marker_wrapper(partners, around_batch),
+                                       outermost=True)
+    if comfy.MODEL_FUNCTION_WRAPPER in options:
+        inner = options[comfy.MODEL_FUNCTION_WRAPPER]
+        options[comfy.MODEL_FUNCTION_WRAPPER] = _around_model_function_wrapper(inner, partners)
+    return options
+
+
+def with_apply_model_wrapper(model_options: dict, key: str, wrapper, outermost: bool) -> dict:
+    """A copy of ``model_options`` with ``wrapper`` as an APPLY_MODEL wrapper under ``key``, first
+    (outermost) or last (innermost) among them; the input dicts are not modified."""
+    options = dict(model_options)
+    to = dict(options.get(comfy.TRANSFORMER_OPTIONS, {}))
+    wrappers = {kind: dict(by_key) for kind, by_key in to.get(comfy.WRAPPERS, {}).items()}
+    by_key = {k: v for k, v in wrappers.get(comfy.APPLY_MODEL, {}).items() if k != key}
+    wrappers[comfy.APPLY_MODEL] = {key: [wrapper], **by_key} if outermost else {**by_key, key: [wrapper]}
+    to[comfy.WRAPPERS] = wrappers
+    options[comfy.TRANSFORMER_OPTIONS] = to
     return options
 
 
@@ -117,9 +134,8 @@ def chunk_flags(transformer_options: dict) -> list | None:
     return None if flags is None else [f is not None for f in flags]
 
 
-def row_mask(transformer_options: dict, batch: int):
-    """Bool (batch,) of adversarial rows; "all" or "none" when the answer is uniform."""
-    flags = chunk_flags(transformer_options)
+def row_mask(flags: list | None, batch: int):
+    """Bool (batch,) of adversarial rows from per-chunk ``flags``; "all" or "none" when uniform."""
     if not flags or not any(flags):
         return "none"
     if all(flags):
@@ -129,7 +145,7 @@ def row_mask(transformer_options: dict, batch: int):
     return torch.tensor(flags).repeat_interleave(batch // len(flags))
 
 
-_PER_CHUNK_KEYS = ("cond_or_uncond", "uuids", ADVERSARIAL_ROWS)
+PER_CHUNK_KEYS = (comfy.COND_OR_UNCOND, comfy.UUIDS, ADVERSARIAL_ROWS)
 
 
 def plain_row_options(transformer_options: dict) -> dict:
@@ -141,7 +157,7 @@ def plain_row_options(transformer_options: dict) -> dict:
         return transformer_options
     keep = [i for i, adversarial in enumerate(flags) if not adversarial]
     out = dict(transformer_options)
-    for key in _PER_CHUNK_KEYS:
+    for key in PER_CHUNK_KEYS:
         values = transformer_options.get(key)
         if values is not None and len(values) == len(flags):
             out[key] = [values[i] for i in keep]
@@ -153,8 +169,9 @@ __all__ = [
     "adversarial_cond",
     "adversarial_uuid",
     "chunk_flags",
-    "mark_rows",
+    "marked",
     "plain_row_options",
     "row_mask",
+    "with_apply_model_wrapper",
     "with_row_marking",
 ]

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
-import comfy.samplers
-from comfy_api.latest import io
-
 from ..asag_core import (
     COSTS,
     DEFAULT_ITERATIONS,
@@ -15,11 +10,12 @@ from ..asag_core import (
     GRAMMAR_HELP,
     RESCALE_MODES,
     ASAGSettings,
-    resolve_layers,
 )
-from .attention_patch import ASAGPlan, copy_plan
-from .guidance_step import CALC_COND_BATCH, ASAGStep, add_run_lock, carried_step, install, run_lock
-from .model_layers import family_name, layer_catalog
+from . import comfy_internals as comfy
+from .comfy_internals import io
+from .guidance_step import ASAGStep, add_run_lock, carried_step, install, run_lock
+from .plan import ASAGPlan, copy_plan, make_plan
+from .unreachable_attention import reach_attention
 
 CATEGORY = "model_patches/asag"
 
@@ -27,18 +23,6 @@ SCALE_TOOLTIP = (
     "ASAG strength s in x + s·(x_cond − x_adversarial), added after CFG. "
     "1.5 is the paper's best; 0 turns ASAG off (no extra work at all)."
 )
-
-
-def make_plan(model, settings: ASAGSettings) -> ASAGPlan:
-    """Resolve the layer spec against this model now, so a bad spec fails on the node, and the
-    percent window into this model's sigmas, as ComfyUI's own percent inputs do."""
-    catalog = layer_catalog(model)
-    model_sampling = model.get_model_object("model_sampling")
-    # percent 0 is "from the first step" whatever the schedule's top sigma (a flow model maps it to 1.0)
-    sigma_start = math.inf if settings.start_percent <= 0.0 else model_sampling.percent_to_sigma(settings.start_percent)
-    sigma_end = model_sampling.percent_to_sigma(settings.end_percent)
-    return ASAGPlan(settings, tuple(resolve_layers(settings.layers, catalog)), family_name(model),
-                    sigma_start=float(sigma_start), sigma_end=float(sigma_end))
 
 
 def patch_model(model, settings: ASAGSettings):
@@ -51,9 +35,10 @@ def patch_model(model, settings: ASAGSettings):
     patched = model.clone()
     if settings.scale == 0:
         return patched
-    patched.set_model_sampler_post_cfg_function(step.post_cfg_function)
-    if CALC_COND_BATCH not in patched.model_options:
-        patched.set_model_sampler_calc_cond_batch_function(step.calc_cond_batch_function)
+    comfy.set_post_cfg_function(patched, step.post_cfg_function)
+    if comfy.CALC_COND_BATCH not in patched.model_options:
+        comfy.set_calc_cond_batch_function(patched, step.calc_cond_batch_function)
+    reach_attention(patched, step.plan.layers)
     add_run_lock(patched)
     return patched
 
@@ -152,7 +137,7 @@ class ASAGAdvanced(io.ComfyNode):
         return io.NodeOutput(patch_model(model, settings))
 
 
-class ASAGCFGGuider(comfy.samplers.CFGGuider):
+class ASAGCFGGuider(comfy.CFGGuider):
     """CFGGuider with ASAG: ComfyUI's own sampling_function, with the ASAG step's functions in
     the model_options (cond, uncond and the adversarial rows in one batched call when the slot
     is free). Other nodes' pre-CFG, post-CFG and batch functions run as under CFGGuider."""
@@ -170,9 +155,9 @@ class ASAGCFGGuider(comfy.samplers.CFGGuider):
             return super().outer_sample(*args, **kwargs)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
-        return comfy.samplers.sampling_function(
+        return comfy.sampling_function(
             self.inner_model, x, timestep, self.conds.get("negative"), self.conds.get("positive"), self.cfg,
-            model_options=install(model_options, self.step), seed=seed,
+            install(model_options, self.step), seed,
         )
 
 
@@ -207,6 +192,8 @@ class ASAGGuider(io.ComfyNode):
         plan = carried_plan(model.model_options)
         if plan is None:
             plan = make_plan(model, ASAGSettings(scale=scale))
+            model = model.clone()  # a model of its own for the attention ComfyUI calls without transformer_options
+            reach_attention(model, plan.layers)
         else:
             plan = copy_plan(plan, scale=scale)
         guider = ASAGCFGGuider(model, plan)

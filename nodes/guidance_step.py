@@ -41,16 +41,14 @@ import logging
 import threading
 import weakref
 
-import comfy.patcher_extension
-import comfy.samplers
-
 from ..asag_core import apply_asag
 from . import adversarial_rows as rows
-from .attention_patch import adversarial_call, separate_adversarial_pass
+from . import comfy_internals as comfy
+from .adversarial_call import adversarial_call, separate_adversarial_pass
 from .shared_prefix import with_shared_prefix
 
-CALC_COND_BATCH = "sampler_calc_cond_batch_function"
-POST_CFG = "sampler_post_cfg_function"
+CALC_COND_BATCH = comfy.CALC_COND_BATCH
+POST_CFG = comfy.POST_CFG
 
 _MISSING = object()  # no batched call left anything for this evaluation (None: a cache skipped the layers)
 
@@ -86,7 +84,7 @@ class _OncePerRun:
         self._seen = None
 
     def __call__(self, model_options, say):
-        run = model_options.get("transformer_options", {}).get("sample_sigmas")
+        run = model_options.get(comfy.TRANSFORMER_OPTIONS, {}).get(comfy.SAMPLE_SIGMAS)
         ref = run if run is not None else model_options
         if self._seen is not None and self._seen() is ref:
             return
@@ -100,7 +98,7 @@ class _OncePerRun:
 def _carries_text_mask(cond) -> bool:
     """A text padding mask: ComfyUI batches a cond with its same-shaped copy, and its Lumina 2 and
     HunyuanVideo take such a mask only in a batch of one, so the copy needs a call of its own."""
-    return any("attention_mask" in entry.get("model_conds", {}) for entry in cond)
+    return any(comfy.TEXT_MASK in entry.get(comfy.MODEL_CONDS, {}) for entry in cond)
 
 
 class ASAGStep:
@@ -118,20 +116,19 @@ class ASAGStep:
 
     def _make_calc_cond_batch_function(self):
         def asag_calc_cond_batch(args):
-            conds, x, sigma = args["conds"], args["input"], args["sigma"]
-            model, options = args["model"], args["model_options"]
+            conds, x, sigma, model, options = comfy.batch_function_args(args)
             cond = conds[0]
-            if cond is None or not self.plan.active_at(float(sigma.max())):
-                return comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
+            if cond is None or not self._active(model, sigma):
+                return comfy.calc_cond_batch(model, conds, x, sigma, options)
             if _carries_text_mask(cond):
-                out = comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
+                out = comfy.calc_cond_batch(model, conds, x, sigma, options)
                 self._handoff.put(x, separate_adversarial_pass(model, cond, x, sigma, options, self.plan))
                 return out
             adversarial, partners = rows.adversarial_cond(cond)
             with adversarial_call(model, options, self.plan, partners) as (adv_options, report):
                 if self.share_prefix:
                     adv_options = with_shared_prefix(adv_options, self.plan)
-                out = comfy.samplers.calc_cond_batch(model, list(conds) + [adversarial], x, sigma, adv_options)
+                out = comfy.calc_cond_batch(model, list(conds) + [adversarial], x, sigma, adv_options)
             self._handoff.put(x, out[-1] if report.ran else None)
             return out[:-1]
 
@@ -140,22 +137,26 @@ class ASAGStep:
 
     def _make_post_cfg_function(self):
         def asag_post_cfg(args):
-            cfg_result, cond, sigma, x = args["denoised"], args["cond"], args["sigma"], args["input"]
-            if cond is None or not self.plan.active_at(float(sigma.max())):
+            cfg_result, cond, cond_denoised, x, sigma, model, options = comfy.post_cfg_args(args)
+            if cond is None or not self._active(model, sigma):
                 return cfg_result
-            options = args["model_options"]
             adversarial = self._handoff.take(x)
             if adversarial is _MISSING:
                 self._tell_separate(options, lambda: self._say_separate(options))
-                adversarial = separate_adversarial_pass(args["model"], cond, x, sigma, options, self.plan)
+                adversarial = separate_adversarial_pass(model, cond, x, sigma, options, self.plan)
             if adversarial is None:
                 self._tell_skipped(options, self._say_skipped)
                 return cfg_result
-            return apply_asag(cfg_result, args["cond_denoised"], adversarial, self.plan.settings)
+            return apply_asag(cfg_result, cond_denoised, adversarial, self.plan.settings)
 
         # ASAGGuider finds the step here, and replaces this function so ASAG is not applied twice
         asag_post_cfg.asag_step = self
         return asag_post_cfg
+
+    def _active(self, model, sigma) -> bool:
+        # the window resolved now, with the model sampling this sampling uses (ModelSampling nodes
+        # before or after ASAG alike)
+        return self.plan.active_at(float(sigma.max()), comfy.model_sampling(model))
 
     def _say_separate(self, options):
         holder = options.get(CALC_COND_BATCH)
@@ -190,13 +191,12 @@ def run_lock(base_model) -> threading.RLock:
 
 def one_sampling_at_a_time(executor, *args, **kwargs):
     """OUTER_SAMPLE wrapper: a second thread's sampling of the same model waits for the first."""
-    with run_lock(executor.class_obj.model_patcher.model):
+    with run_lock(comfy.guider_model(executor)):
         return executor(*args, **kwargs)
 
 
 def add_run_lock(model_patcher) -> None:
-    model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, ONE_RUN_KEY,
-                                       one_sampling_at_a_time)
+    comfy.add_outer_sample_wrapper(model_patcher, ONE_RUN_KEY, one_sampling_at_a_time)
 
 
 def step_of(function):

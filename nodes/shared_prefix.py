@@ -11,13 +11,17 @@ How
 For the duration of one ``apply_model`` call (an ``APPLY_MODEL`` wrapper added to
 the model_options of that call only, so it composes with other wrappers and
 leaves the shared model untouched), every module that runs entirely before the
-first perturbed layer gets two temporary hooks:
+first perturbed layer gets two temporary hooks, registered on the model that
+executes the call (``executor.class_obj``):
 
 * a forward *pre*-hook that hands the module only the rows that are not
-  shared-adversarial (every tensor argument whose leading dim is the call's
-  batch is narrowed; ``transformer_options["cond_or_uncond"]``, ``["uuids"]`` and the
-  pack's row tags are narrowed to match while the module runs, so patches inside it that split
-  the batch by cond see a consistent picture), and
+  shared-adversarial: every tensor argument whose leading dim is the call's
+  batch is narrowed, and a transformer_options argument is replaced by a copy
+  whose per-chunk lists (``cond_or_uncond``, ``uuids``, the pack's row tags) are
+  cut to match, so patches inside the module that split the batch by cond see a
+  consistent picture. No dict is changed: the module gets its own copy, whatever
+  copies of transformer_options ComfyUI made before (0.38's ``_apply_model``
+  hands the diffusion model a shallow copy); and
 * a forward hook that rebuilds the full batch from the module's output, the
   adversarial rows filled in as copies of their conditional partner's rows.
 
@@ -62,25 +66,18 @@ from __future__ import annotations
 import contextvars
 import weakref
 
-import comfy.patcher_extension
 import torch
 
 from ..asag_core import DiTLayer, UNetLayer
 from . import adversarial_rows as rows
-from .model_layers import dit_block
+from . import comfy_internals as comfy
+from .model_layers import dit_stack
 
 # The hooks of the shared call running in this context; hooks of another thread's call stay idle.
 _ACTIVE_HOOKS = contextvars.ContextVar("asag_shared_prefix_hooks", default=None)
 
 WRAPPER_KEY = "asag_shared_prefix"
-_TORCH_COMPILE_KWARGS = "torch_compile_kwargs"  # comfy_api.torch_helpers.torch_compile.TORCH_COMPILE_KWARGS
 
-# the DiTs whose block stacks are called as modules with batch-leading tensors only
-_DIT_CLASSES = {
-    ("comfy.ldm.flux.model", "Flux"),
-    ("comfy.ldm.modules.diffusionmodules.mmdit", "MMDiT"),
-    ("comfy.ldm.modules.diffusionmodules.mmdit", "OpenAISignatureMMDITWrapper"),
-}
 _UNET_PART_RANK = {"input": 0, "middle": 1, "output": 2}
 _IMAGE_UNETS = weakref.WeakKeyDictionary()  # UNetModel -> has no video transformer
 
@@ -92,47 +89,49 @@ _IMAGE_UNETS = weakref.WeakKeyDictionary()  # UNetModel -> has no video transfor
 def _is_unet(diffusion_model) -> bool:
     """ComfyUI's image UNetModel. Video U-Nets (SVD) are left out: their temporal layers mix
     the rows of a chunk and take frame-shaped extra inputs."""
-    cls = type(diffusion_model)
-    if cls.__name__ != "UNetModel" or cls.__module__ != "comfy.ldm.modules.diffusionmodules.openaimodel":
+    if comfy.class_id(diffusion_model) != comfy.UNET_CLASS:
         return False
-    if getattr(diffusion_model, "use_temporal_resblocks", False):
+    if getattr(diffusion_model, comfy.TEMPORAL_RESBLOCKS, False):
         return False
     known = _IMAGE_UNETS.get(diffusion_model)
     if known is None:
-        known = not any(type(m).__name__ == "SpatialVideoTransformer" for m in diffusion_model.modules())
+        known = not any(type(m).__name__ == comfy.VIDEO_TRANSFORMER_CLASS_NAME for m in diffusion_model.modules())
         _IMAGE_UNETS[diffusion_model] = known
     return known
 
 
 def _is_known_dit(diffusion_model) -> bool:
-    cls = type(diffusion_model)
-    return (cls.__module__, cls.__name__) in _DIT_CLASSES
+    return comfy.class_id(diffusion_model) in comfy.PREFIX_SHAREABLE_DITS
 
 
 def _unet_prefix(diffusion_model, layers):
     first = min(layers, key=lambda lay: (_UNET_PART_RANK[lay.part], lay.block_id, lay.transformer_index))
-    blocks = [("input", i, blk) for i, blk in enumerate(diffusion_model.input_blocks)]
-    if diffusion_model.middle_block is not None:
-        blocks.append(("middle", 0, diffusion_model.middle_block))
-    blocks += [("output", i, blk) for i, blk in enumerate(diffusion_model.output_blocks)]
+    blocks = []
+    for attribute, part in comfy.UNET_PARTS.items():  # input, middle, output: the order they run in
+        stack = getattr(diffusion_model, attribute)
+        if part == "middle":
+            blocks += [] if stack is None else [(part, 0, stack)]
+        else:
+            blocks += [(part, i, blk) for i, blk in enumerate(stack)]
     modules = []
     for part, block_id, block in blocks:
         if (part, block_id) != (first.part, first.block_id):
             modules.extend(block.children())
             continue
         for child in block.children():
-            if hasattr(child, "transformer_blocks"):
-                modules.append(child.norm)
-                modules.append(child.proj_in)
-                modules.extend(list(child.transformer_blocks)[: first.transformer_index])
+            if hasattr(child, comfy.TRANSFORMER_BLOCKS):
+                modules.append(getattr(child, comfy.SPATIAL_NORM))
+                modules.append(getattr(child, comfy.SPATIAL_PROJ_IN))
+                modules.extend(list(getattr(child, comfy.TRANSFORMER_BLOCKS))[: first.transformer_index])
                 return modules
             modules.append(child)
         return None  # the perturbed transformer is not where the catalog said: share nothing
     return None
 
 
-def _blocks(diffusion_model, stack, count):
-    return [dit_block(diffusion_model, stack, i) for i in range(count)]
+def _blocks(diffusion_model, stack, count=None):
+    blocks = dit_stack(diffusion_model, stack)
+    return list(blocks if count is None else blocks[:count])
 
 
 def _dit_prefix(diffusion_model, layers):
@@ -140,7 +139,7 @@ def _dit_prefix(diffusion_model, layers):
     first = min(layers, key=lambda lay: (0 if lay.stack == "double" else 1, lay.index))
     if first.stack == "double":
         return _blocks(diffusion_model, "double", first.index)
-    return list(diffusion_model.double_blocks) + _blocks(diffusion_model, "single", first.index)
+    return _blocks(diffusion_model, "double") + _blocks(diffusion_model, "single", first.index)
 
 
 def prefix_modules(diffusion_model, layers) -> list:
@@ -169,7 +168,7 @@ def _rows_equal(obj, batch, rows_a, rows_b) -> bool:
             return True
         return torch.equal(obj[rows_a], obj[rows_b])
     if isinstance(obj, dict):
-        return all(_rows_equal(v, batch, rows_a, rows_b) for k, v in obj.items() if k != "transformer_options")
+        return all(_rows_equal(v, batch, rows_a, rows_b) for k, v in obj.items() if k != comfy.TRANSFORMER_OPTIONS)
     if isinstance(obj, (list, tuple)):
         return all(_rows_equal(v, batch, rows_a, rows_b) for v in obj)
     return True
@@ -198,8 +197,8 @@ class Fork:
 def plan_fork(batch, transformer_options, inputs) -> Fork | None:
     """Pair each adversarial chunk of this call (tagged by ``adversarial_rows``) with the
     conditional chunk it copies (same cond uuid, equal inputs); None if none can be shared."""
-    order = list(transformer_options.get("cond_or_uncond") or [])
-    uuids = list(transformer_options.get("uuids") or [])
+    order = list(transformer_options.get(comfy.COND_OR_UNCOND) or [])
+    uuids = list(transformer_options.get(comfy.UUIDS) or [])
     partners = list(transformer_options.get(rows.ADVERSARIAL_ROWS) or [])
     if len(order) < 2 or len(uuids) != len(order) or len(partners) != len(order) or batch % len(order):
         return None
@@ -225,9 +224,8 @@ def plan_fork(batch, transformer_options, inputs) -> Fork | None:
     for o in range(len(order)):
         src = position[partner.get(o, o)]
         gather.extend(src * per + r for r in range(per))
-    return Fork(batch, keep, gather, {key: [values[o] for o in kept_chunks]
-                                      for key, values in (("cond_or_uncond", order), ("uuids", uuids),
-                                                          (rows.ADVERSARIAL_ROWS, partners))})
+    per_chunk = zip(rows.PER_CHUNK_KEYS, (order, uuids, partners), strict=True)
+    return Fork(batch, keep, gather, {key: [values[o] for o in kept_chunks] for key, values in per_chunk})
 
 
 # ---------------------------------------------------------------------------
@@ -235,10 +233,8 @@ def plan_fork(batch, transformer_options, inputs) -> Fork | None:
 # ---------------------------------------------------------------------------
 
 class _Hooks:
-    def __init__(self, fork: Fork, transformer_options: dict):
+    def __init__(self, fork: Fork):
         self.fork = fork
-        self.options = transformer_options
-        self.full_lists = {key: transformer_options.get(key) for key in fork.narrowed_lists}
         self.depth = 0
 
     def _narrow(self, obj):
@@ -249,9 +245,13 @@ class _Hooks:
             if fork.keep_range is not None:
                 return obj.narrow(0, *fork.keep_range)
             return obj.index_select(0, fork.keep.to(obj.device))
+        if isinstance(obj, dict) and rows.ADVERSARIAL_ROWS in obj:
+            # this call's transformer_options (every copy of it carries the pack's tags): a copy of
+            # our own with the per-chunk lists cut to the kept rows
+            return {**obj, **{key: list(values) for key, values in fork.narrowed_lists.items()}}
         if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
             return type(obj)(self._narrow(v) for v in obj)
-        return obj  # dicts (transformer_options) and everything else pass through
+        return obj  # other dicts and everything else pass through
 
     def _widen(self, obj):
         fork = self.fork
@@ -269,8 +269,6 @@ class _Hooks:
         self.depth += 1
         if self.depth > 1:  # a prefix module inside another one: already narrowed
             return None
-        for key, values in self.fork.narrowed_lists.items():
-            self.options[key] = list(values)
         return self._narrow(args), {k: self._narrow(v) for k, v in kwargs.items()}
 
     def post(self, module, args, output):
@@ -279,12 +277,7 @@ class _Hooks:
         self.depth -= 1
         if self.depth > 0:
             return None
-        self.restore()
         return self._widen(output)
-
-    def restore(self):
-        for key, values in self.full_lists.items():
-            self.options[key] = values
 
 
 def shared_prefix_wrapper(layers, stats=None):
@@ -298,9 +291,8 @@ def shared_prefix_wrapper(layers, stats=None):
         def run():
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
-        base_model = executor.class_obj
-        diffusion_model = getattr(base_model, "diffusion_model", None)
-        if diffusion_model is None or hasattr(diffusion_model, "_orig_mod"):
+        diffusion_model = getattr(comfy.executing_model(executor), "diffusion_model", None)
+        if diffusion_model is None or comfy.is_compiled(diffusion_model):
             return run()
         modules = prefix_modules(diffusion_model, layers)
         if not modules:
@@ -309,7 +301,7 @@ def shared_prefix_wrapper(layers, stats=None):
         fork = plan_fork(x.shape[0], transformer_options, inputs)
         if fork is None:
             return run()
-        hooks = _Hooks(fork, transformer_options)
+        hooks = _Hooks(fork)
         handles = []
         token = _ACTIVE_HOOKS.set(hooks)
         try:
@@ -320,7 +312,6 @@ def shared_prefix_wrapper(layers, stats=None):
         finally:
             for handle in handles:
                 handle.remove()
-            hooks.restore()
             _ACTIVE_HOOKS.reset(token)
         if stats is not None:
             stats["calls"] = stats.get("calls", 0) + 1
@@ -333,18 +324,11 @@ def shared_prefix_wrapper(layers, stats=None):
 def with_shared_prefix(model_options: dict, plan, stats=None) -> dict:
     """A copy of ``model_options`` whose model calls share the prefix of the rows tagged
     adversarial with the conditional rows they copy. The input dicts are not modified."""
-    if _TORCH_COMPILE_KWARGS in model_options:
+    if comfy.TORCH_COMPILE_KWARGS in model_options:
         return model_options
-    options = dict(model_options)
-    to = dict(options.get("transformer_options", {}))
-    wrappers = {kind: dict(by_key) for kind, by_key in to.get("wrappers", {}).items()}
-    kind = comfy.patcher_extension.WrappersMP.APPLY_MODEL
-    by_key = wrappers.setdefault(kind, {})
     # innermost of the apply_model wrappers: it runs with the inputs the model will see
-    by_key[WRAPPER_KEY] = [shared_prefix_wrapper(plan.layers, stats)]
-    to["wrappers"] = wrappers
-    options["transformer_options"] = to
-    return options
+    return rows.with_apply_model_wrapper(model_options, WRAPPER_KEY, shared_prefix_wrapper(plan.layers, stats),
+                                         outermost=False)
 
 
 __all__ = ["Fork", "WRAPPER_KEY", "plan_fork", "prefix_modules", "shared_prefix_wrapper", "with_shared_prefix"]

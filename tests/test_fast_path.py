@@ -331,13 +331,30 @@ def test_easycache_and_lazycache(host, models, cache, caplog, sinkhorn_calls):
     assert len(_skipped_warnings(caplog)) == (1 if cache == "EasyCache" else 0)
 
 
+def _attention_out_of_reach(model, block):
+    """``model`` whose Wan block ``block`` runs its self-attention with torch's SDPA directly: no
+    ComfyUI attention function, so nothing of ComfyUI's (nor ASAG) can reach it."""
+    attn = model.model.diffusion_model.blocks[block].self_attn
+
+    def direct_sdpa(x, freqs, transformer_options={}):
+        b, n, _ = x.shape
+        q, k, v = (proj(x).view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)
+                   for proj in (attn.q, attn.k, attn.v))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return attn.o(out.transpose(1, 2).flatten(2))
+
+    attn.forward = direct_sdpa
+    return model
+
+
 def test_unreachable_attention_still_raises_the_clear_error(host):
-    model = tiny_dits.FAMILIES["hunyuan_dit"]()
-    patched = host.node("ASAG").execute(model, 1.5).result[0]
-    pos, neg = tiny_dits.conditioning("hunyuan_dit")
-    with pytest.raises(RuntimeError, match="never reached the Sinkhorn attention"):
+    model = _attention_out_of_reach(tiny_dits.FAMILIES["wan21"](), block=1)
+    patched = host.node("ASAG").execute(model, 1.5).result[0]  # auto: b1, the block out of reach
+    pos, neg = tiny_dits.conditioning("wan21")
+    with pytest.raises(RuntimeError, match=r"ASAG: the chosen layers \(\('double_block', 1\)\) of this WAN21_T2V "
+                                           "model ran, but their self-attention never reached the Sinkhorn attention"):
         host.nodes.KSampler().sample(patched, 1, 1, 4.0, "euler", "normal", pos, neg,
-                                     tiny_dits.latent("hunyuan_dit"), denoise=1.0)
+                                     tiny_dits.latent("wan21"), denoise=1.0)
 
 
 # ---------------------------------------------------------------------------------------------

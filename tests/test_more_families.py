@@ -5,8 +5,8 @@ scale 0 and at scale 1.5. Checked: finite output; scale 0 equals the unpatched s
 exactly; scale 1.5 differs; the Sinkhorn attention ran, only in the plan's layers, the same
 number of times in each, and only on the adversarial rows (the latent batch).
 
-Families where ASAG cannot work yet are kept, marked xfail(strict=True) with the reason in
-``XFAIL``, so that a fix shows up as an XPASS to be flipped.
+HunyuanDiT calls its attention without transformer_options; it is reached through the
+per-model object patches of ``nodes/unreachable_attention.py`` and checked like the others.
 """
 
 import sys
@@ -19,25 +19,6 @@ pytestmark = pytest.mark.host
 
 STEPS = 2
 BATCH = 2
-
-XFAIL = {
-    "hunyuan_dit": (
-        "HunyuanDiT never hands transformer_options to its attention: comfy/ldm/hydit/models.py "
-        "HunYuanDiT.forward calls block(x, c, text_states, freqs_cis_img, skip) (also in its "
-        "patches_replace['dit'] block_wrap), and comfy/ldm/hydit/attn_layers.py Attention/CrossAttention "
-        "call optimized_attention(q, k, v, heads, skip_reshape=True, attn_precision=...) without "
-        "transformer_options, so wrap_attn never sees optimized_attention_override; ASAG's call report "
-        "raises 'the chosen layers ... ran, but their self-attention never reached the Sinkhorn attention' at "
-        "the first step"
-    ),
-}
-
-
-def _param(family):
-    reason = XFAIL.get(family)
-    marks = [pytest.mark.xfail(strict=True, raises=RuntimeError, reason=reason)] if reason else []
-    return pytest.param(family, marks=marks, id=family)
-
 
 def sample(host, model, family, seed=1):
     pos, neg = tiny_dits.conditioning(family)
@@ -52,7 +33,7 @@ def plan_of(host, model):
     return module.carried_plan(model.model_options)
 
 
-@pytest.mark.parametrize("family", [_param(f) for f in tiny_dits.FAMILIES])
+@pytest.mark.parametrize("family", list(tiny_dits.FAMILIES))
 def test_asag_node_in_ksampler(host, family, sinkhorn_calls):
     model = tiny_dits.FAMILIES[family]()
     base = sample(host, model, family)

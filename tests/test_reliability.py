@@ -322,7 +322,8 @@ def test_interrupt_inside_the_adversarial_pass(host, sd15, family, path, layers,
     assert len(calls) == 2, "the interrupt must come from inside the adversarial pass"
     monkeypatch.setattr(module, "sinkhorn_attention", real)
     assert _hooks(model) == hooks, "hooks were left on the model's blocks"
-    assert module._CURRENT_DIT_LAYER.get() is None, "a DiT block is still marked as running"
+    tracking = sys.modules[host.pack_module_name + ".nodes.block_tracking"]
+    assert tracking.current() is None, "a model call is still tracked as running"
     _check_nothing_left(host, states, (model, weights), [(sample, fresh)])
 
 

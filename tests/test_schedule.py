@@ -111,21 +111,30 @@ def test_the_window_is_the_models_own_percent_to_sigma(host, models):
         plan = module.carried_plan(sampling.patch(host, "ASAGAdvanced", model, start_percent=0.25,
                                                   end_percent=0.75).model_options)
         model_sampling = model.get_model_object("model_sampling")
-        assert plan.sigma_start == model_sampling.percent_to_sigma(0.25), family
-        assert plan.sigma_end == model_sampling.percent_to_sigma(0.75), family
+        assert plan.window(model_sampling) == (model_sampling.percent_to_sigma(0.25),
+                                               model_sampling.percent_to_sigma(0.75)), family
     sd15 = module.carried_plan(sampling.patch(host, "ASAGAdvanced", models["sd15"]).model_options)
-    assert sd15.sigma_start == float("inf") and sd15.sigma_end == 0.0, "the default window must be unbounded"
+    ms = models["sd15"].get_model_object("model_sampling")
+    assert sd15.window(ms) == (float("inf"), 0.0), "the default window must be unbounded"
+
+
+class _Window:
+    """A model sampling whose percent_to_sigma maps 0.25 -> 2.0 and 0.75 -> 1.0."""
+
+    def percent_to_sigma(self, percent):
+        return {0.25: 2.0, 0.75: 1.0}[percent]
 
 
 def test_both_bounds_are_inclusive_like_skip_layer_guidance(host, models):
     """ComfyUI's SkipLayerGuidance guides while sigma_end <= sigma <= sigma_start; so does ASAG."""
-    patch_module = sys.modules[host.pack_module_name + ".nodes.attention_patch"]
+    plan_module = sys.modules[host.pack_module_name + ".nodes.plan"]
     guidance = sys.modules[host.pack_module_name + ".nodes.guidance_nodes"]
-    plan = guidance.carried_plan(sampling.patch(host, "ASAGAdvanced", models["sd15"]).model_options)
-    plan = patch_module.ASAGPlan(plan.settings, plan.layers, plan.family, sigma_start=2.0, sigma_end=1.0)
-    assert [plan.active_at(s) for s in (2.5, 2.0, 1.5, 1.0, 0.5)] == [False, True, True, True, False]
-    off = patch_module.copy_plan(plan, scale=0.0)
-    assert (off.sigma_start, off.sigma_end) == (2.0, 1.0), "copy_plan must keep the window"
-    assert not off.active_at(1.5), "scale 0 never guides"
-    with pytest.raises(ValueError, match="start_percent"):
-        patch_module.copy_plan(plan, start_percent=0.5)
+    plan = guidance.carried_plan(sampling.patch(host, "ASAGAdvanced", models["sd15"], start_percent=0.25,
+                                                end_percent=0.75).model_options)
+    ms = _Window()
+    assert [plan.active_at(s, ms) for s in (2.5, 2.0, 1.5, 1.0, 0.5)] == [False, True, True, True, False]
+    off = plan_module.copy_plan(plan, scale=0.0)
+    assert off.window(ms) == (2.0, 1.0), "copy_plan must keep the window"
+    assert not off.active_at(1.5, ms), "scale 0 never guides"
+    with pytest.raises(ValueError, match="layers"):
+        plan_module.copy_plan(plan, layers="m0")
