@@ -138,3 +138,56 @@ def test_both_bounds_are_inclusive_like_skip_layer_guidance(host, models):
     assert not off.active_at(1.5, ms), "scale 0 never guides"
     with pytest.raises(ValueError, match="layers"):
         plan_module.copy_plan(plan, layers="m0")
+
+
+# ---------------------------------------------------------------------------------------------
+# ModelSampling nodes before or after ASAG
+# ---------------------------------------------------------------------------------------------
+
+ORDER_WINDOW = (0.3, 0.7)
+
+
+def _model_sampling_node(family, model):
+    from comfy_extras import nodes_model_advanced as nma
+
+    if family == "sd3":
+        return nma.ModelSamplingSD3().patch(model, 8.0)[0]
+    if family == "flux":
+        return nma.ModelSamplingFlux().patch(model, 1.15, 0.5, 1024, 1024)[0]
+    return nma.ModelSamplingDiscrete().patch(model, "eps", True)[0]  # zero terminal SNR moves every sigma
+
+
+def _expected_steps(final):
+    """The steps whose sigma lies in the window on the model that is sampled."""
+    from comfy_extras import nodes_custom_sampler as ncs
+
+    (sigmas,) = ncs.BasicScheduler().get_sigmas(final, "normal", STEPS, 1.0)
+    ms = final.get_model_object("model_sampling")
+    start, end = (float(ms.percent_to_sigma(p)) for p in ORDER_WINDOW)
+    return [i for i, s in enumerate(sigmas[:-1].tolist()) if end <= s <= start]
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "sd15"])
+@pytest.mark.parametrize("via_guider", [False, True], ids=["ASAGAdvanced", "ASAGGuider"])
+def test_the_window_does_not_depend_on_where_model_sampling_sits(host, family, via_guider, sinkhorn_calls):
+    """The window is resolved while sampling, from the sampled model's own model_sampling, as
+    ComfyUI's ControlNetApplyAdvanced and ConditioningSetTimestepRange resolve theirs."""
+    model = tiny_models.FAMILIES[family]()
+
+    def asag(m):
+        return sampling.patch(host, "ASAGAdvanced", m, start_percent=ORDER_WINDOW[0], end_percent=ORDER_WINDOW[1])
+
+    graphs = {"ModelSampling first": asag(_model_sampling_node(family, model)),
+              "ModelSampling after ASAG": _model_sampling_node(family, asag(model))}
+    steps = {}
+    for order, final in graphs.items():
+        sinkhorn_calls.clear()
+        if via_guider:
+            guider = sampling.asag_guider(host, final, family, 4.0, 1.5)
+        else:
+            guider = _node_guider(host, final, family)
+        steps[order] = _guided_steps(final, guider, family, sinkhorn_calls)
+    expected = _expected_steps(graphs["ModelSampling first"])
+    assert steps == {order: expected for order in graphs}, steps
+    if family in ("sd3", "flux"):  # the issue's 10-step count: [3, 4, 5, 6] with ModelSampling first
+        assert expected == [3, 4, 5, 6]
