@@ -141,10 +141,10 @@ def parse_layer_spec(spec: str) -> Optional[list]:
         raise LayerSpecError(f"layers is empty; use 'auto' or a list. {GRAMMAR_HELP}")
     selectors = []
     for raw in text.split(","):
-        token = raw.strip().replace(" ", "")
-        if not token:
+        written = raw.strip().replace(" ", "")  # quoted in messages as the user wrote it
+        if not written:
             raise LayerSpecError(f"layers '{spec}' has an empty item between commas. {GRAMMAR_HELP}")
-        token = _drop_repeated_prefix(token, raw.strip())
+        token = _drop_repeated_prefix(written, raw.strip())
         m = _UNET_RE.match(token)
         if m:
             tf = m.group("tf")
@@ -152,16 +152,17 @@ def parse_layer_spec(spec: str) -> Optional[list]:
                 _Selector(
                     "unet",
                     UNET_PARTS[m.group("part")],
-                    _range(m.group("block"), "block", token),
-                    _range(tf, "transformer", token) if tf is not None else None,
-                    token,
+                    _range(m.group("block"), "block", written),
+                    _range(tf, "transformer", written) if tf is not None else None,
+                    written,
                 )
             )
             continue
         m = _DIT_RE.match(token)
         if m:
             selectors.append(
-                _Selector("dit", DIT_STACKS[m.group("stack")], _range(m.group("block"), "block", token), None, token)
+                _Selector("dit", DIT_STACKS[m.group("stack")], _range(m.group("block"), "block", written), None,
+                          written)
             )
             continue
         raise LayerSpecError(f"layers: cannot read '{raw.strip()}'. {GRAMMAR_HELP}")
@@ -194,6 +195,16 @@ def auto_layers(catalog: LayerCatalog) -> list:
     raise LayerSpecError(f"layers 'auto': the {catalog.family} model has no self-attention ASAG can reach")
 
 
+def _missing_block(sel: _Selector, count: int, catalog: LayerCatalog, valid: str) -> LayerSpecError:
+    """The error for a selector naming a block past the ``count`` blocks of its part or stack."""
+    if len(sel.blocks) > 1 and sel.blocks.start < count:
+        return LayerSpecError(
+            f"layers: '{sel.token}' runs past the end: the {catalog.family} model has {count} such blocks "
+            f"(0-{count - 1}); its layers are: {valid}"
+        )
+    return LayerSpecError(f"layers: '{sel.token}' is not in the {catalog.family} model; its layers are: {valid}")
+
+
 def resolve_layers(spec: str, catalog: LayerCatalog) -> list:
     """Turn a ``layers`` string into concrete UNetLayer / DiTLayer keys for this model."""
     selectors = parse_layer_spec(spec)
@@ -214,9 +225,7 @@ def resolve_layers(spec: str, catalog: LayerCatalog) -> list:
             blocks = catalog.unet.get(sel.group, [])
             for i in sel.blocks:
                 if i >= len(blocks):
-                    raise LayerSpecError(
-                        f"layers: '{sel.token}' is not in the {catalog.family} model; its layers are: {valid}"
-                    )
+                    raise _missing_block(sel, len(blocks), catalog, valid)
                 block_id, n = blocks[i]
                 tfs = sel.transformers if sel.transformers is not None else range(n)
                 for t in tfs:
@@ -235,9 +244,7 @@ def resolve_layers(spec: str, catalog: LayerCatalog) -> list:
             n = catalog.dit.get(sel.group, 0)
             for i in sel.blocks:
                 if i >= n:
-                    raise LayerSpecError(
-                        f"layers: '{sel.token}' is not in the {catalog.family} model; its layers are: {valid}"
-                    )
+                    raise _missing_block(sel, n, catalog, valid)
                 out.append(DiTLayer(sel.group, i))
     # keep order, drop repeats ("m0, m0.0")
     return list(dict.fromkeys(out))

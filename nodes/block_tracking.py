@@ -97,6 +97,16 @@ def current() -> ModelCall | None:
     return _CURRENT.get()
 
 
+@contextlib.contextmanager
+def running(call: ModelCall):
+    """``call`` is the tracked model call of this context while the block runs."""
+    token = _CURRENT.set(call)
+    try:
+        yield call
+    finally:
+        _CURRENT.reset(token)
+
+
 def _token_tensors(args, kwargs) -> tuple:
     """The token sequences handed to a module: batch-leading float tensors of 3+ dims, by identity."""
     seen, out = set(), []
@@ -156,7 +166,6 @@ def tracking(diffusion_model, layers, call: ModelCall):
 
         return enter, leave
 
-    token = _CURRENT.set(call)
     try:
         for layer in layers:
             module = layer_module(diffusion_model, layer)
@@ -170,11 +179,11 @@ def tracking(diffusion_model, layers, call: ModelCall):
             for inner in _inner_modules(module):
                 handles += [inner.register_forward_pre_hook(enter, with_kwargs=True),
                             inner.register_forward_hook(leave)]
-        yield call
+        with running(call):
+            yield call
     finally:
         for handle in handles:
             handle.remove()
-        _CURRENT.reset(token)
 
 
-__all__ = ["CallReport", "ModelCall", "current", "keys_are_own_tokens", "raise_unreachable", "tracking"]
+__all__ = ["CallReport", "ModelCall", "current", "keys_are_own_tokens", "raise_unreachable", "running", "tracking"]

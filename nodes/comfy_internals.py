@@ -220,6 +220,17 @@ DOUBLE_STACKS = (
 SINGLE_STACKS = ("single_blocks", "single_layers", "single_stream_blocks")
 
 
+#: DiTs that take a batch of text padding masks ("attention_mask" model conds), so a masked cond and its
+#: adversarial copy can share a call (0.3.64: LTXV's and Mochi's masks are batch-leading in every use).
+#: Other families with such masks get the copy in a call of its own: 0.3.64's HunyuanVideo writes the mask
+#: into a batch-1 attention mask, Lumina 2 sums it into per-sample lengths it expects one of; and a family
+#: not read yet is given the safe call.
+BATCHED_TEXT_MASK_DITS = frozenset({
+    ("comfy.ldm.lightricks.model", "LTXVModel"),
+    ("comfy.ldm.genmo.joint_model.asymm_models_joint", "AsymmDiTJoint"),
+})
+
+
 def class_id(obj) -> tuple:
     cls = type(obj)
     return cls.__module__, cls.__name__

@@ -20,10 +20,10 @@ The hand-over is scoped to one model evaluation: it is keyed by the evaluation's
 tensor (the very object ``sampling_function`` passes to both functions) and taken, not read,
 so nothing global is shared between steps, samplings or threads.
 
-A cond that carries a text padding mask (``attention_mask``: Lumina 2, HunyuanVideo and
-other DiTs with padded text) gets its adversarial copy in a call of its own from the same
-function: ComfyUI would batch the two (they have equal shapes), and its Lumina 2 and
-HunyuanVideo accept such a mask only in a batch of one.
+A cond that carries a text padding mask (``attention_mask``) on a model that takes such a mask
+only in a batch of one (Lumina 2, HunyuanVideo; LTXV and Mochi batch theirs) gets its
+adversarial copy in a call of its own from the same function: ComfyUI would batch the two
+(they have equal shapes).
 
 When the chosen layers did not run in the adversarial call (a caching node such as EasyCache
 or a first-block cache reused an earlier output), that step gets no ASAG term, with one
@@ -95,9 +95,12 @@ class _OncePerRun:
         say()
 
 
-def _carries_text_mask(cond) -> bool:
-    """A text padding mask: ComfyUI batches a cond with its same-shaped copy, and its Lumina 2 and
-    HunyuanVideo take such a mask only in a batch of one, so the copy needs a call of its own."""
+def _needs_own_call(model, cond) -> bool:
+    """A cond with a text padding mask, on a model that takes such masks only in a batch of one
+    (HunyuanVideo, Lumina 2; see comfy_internals.BATCHED_TEXT_MASK_DITS): ComfyUI would batch it
+    with its same-shaped adversarial copy, so the copy needs a call of its own."""
+    if comfy.class_id(comfy.uncompiled(comfy.diffusion_model(model))) in comfy.BATCHED_TEXT_MASK_DITS:
+        return False
     return any(comfy.TEXT_MASK in entry.get(comfy.MODEL_CONDS, {}) for entry in cond)
 
 
@@ -120,7 +123,7 @@ class ASAGStep:
             cond = conds[0]
             if cond is None or not self._active(model, sigma):
                 return comfy.calc_cond_batch(model, conds, x, sigma, options)
-            if _carries_text_mask(cond):
+            if _needs_own_call(model, cond):
                 out = comfy.calc_cond_batch(model, conds, x, sigma, options)
                 self._handoff.put(x, separate_adversarial_pass(model, cond, x, sigma, options, self.plan))
                 return out

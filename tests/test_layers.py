@@ -219,13 +219,13 @@ def test_described_layers_are_exactly_the_models_layers(catalog):
     [
         (SDXL, "d4", "d4"),
         (SDXL, "m0, m1", "m1"),
-        (SDXL, "u3-6", "u3-6"),
         (SDXL, "u6.0", "u6.0"),
+        (SDXL, "u6-8", "u6-8"),
         (NO_MIDDLE, "m0", "m0"),
         (SD3, "b24", "b24"),
         (SD3, "single0", "single0"),
         (FLUX, "double19", "double19"),
-        (FLUX, "single30-single38", "single30-38"),
+        (FLUX, "single38-single40", "single38-single40"),
         (LayerCatalog("NoBlocks", unet={"input": []}), "d0", "d0"),
     ],
 )
@@ -237,13 +237,23 @@ def test_missing_layer_names_it_and_lists_the_models_layers(catalog, spec, token
     )
 
 
+@pytest.mark.parametrize("catalog,spec,count", [(SDXL, "u3-6", 6), (SDXL, "u3 - u6", 6),
+                                                (FLUX, "single30-single38", 38), (SD3, "b20-b30", 24)])
+def test_a_range_running_past_the_end_is_quoted_as_written(catalog, spec, count):
+    with pytest.raises(LayerSpecError) as err:
+        resolve_layers(spec, catalog)
+    assert str(err.value) == (
+        f"layers: '{spec.replace(' ', '')}' runs past the end: the {catalog.family} model has {count} such blocks "
+        f"(0-{count - 1}); its layers are: {catalog.describe()}"
+    )
+
+
 @pytest.mark.parametrize("spec,t,n", [("m0.10", 10, 10), ("d0.2", 2, 2), ("u3.0-2", 2, 2), ("d2-3.9-10", 10, 10)])
 def test_missing_transformer_names_it_and_the_block_size(spec, t, n):
     with pytest.raises(LayerSpecError) as err:
         resolve_layers(spec, SDXL)
-    token = spec.replace("-d", "-")
     assert str(err.value) == (
-        f"layers: '{token}' asks for transformer {t} but that block has {n}; "
+        f"layers: '{spec}' asks for transformer {t} but that block has {n}; "
         f"the SDXL model's layers are: {SDXL.describe()}"
     )
 
@@ -283,7 +293,7 @@ def test_any_explicit_layer_on_an_empty_model_names_the_model():
         ("d-1", f"layers: cannot read 'd-1'. {GRAMMAR_HELP}"),
         ("d1-2-3", f"layers: cannot read 'd1-2-3'. {GRAMMAR_HELP}"),
         ("auto, m0", f"layers: cannot read 'auto'. {GRAMMAR_HELP}"),
-        ("d3-d1", "layers: block range 'd3-1' runs backwards (3 > 1)"),
+        ("d3-d1", "layers: block range 'd3-d1' runs backwards (3 > 1)"),
         ("u0.5-2", "layers: transformer range 'u0.5-2' runs backwards (5 > 2)"),
         ("single20-10", "layers: block range 'single20-10' runs backwards (20 > 10)"),
         ("m0, d0-u3", "layers: 'd0-u3' ranges from d to u; a range stays in one part or stack "

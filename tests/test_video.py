@@ -270,11 +270,9 @@ def test_image_to_video(host, workflow, sinkhorn_calls, qk_tokens):
         assert len(sinkhorn_calls) == STEPS, f"{path}: one Sinkhorn call per step in the one chosen block"
         assert {rows for _, rows, _ in sinkhorn_calls} == {1}
         assert set(qk_tokens) == {(graph.tokens, graph.tokens)}, "Nq = Nk = every video token"
-    # a cond with a text mask (LTXV's T5 conds always carry attention_mask) gets its adversarial copy
-    # in a call of its own on the fast path too: today's documented text-mask branch (README "text
-    # padding masks"), although LTXV batches such masks (cond + uncond: one call of 2 rows)
-    fast_step = [2, 1] if "attention_mask" in pos[0][1] else [3]
-    assert forwards["fast"].batches == fast_step * STEPS and forwards["separate"].batches == [2, 1] * STEPS
+    # LTXV's T5 conds always carry attention_mask, and LTXV batches such masks: cond, uncond and the
+    # adversarial copy in one call, as for the Wan models
+    assert forwards["fast"].batches == [3] * STEPS and forwards["separate"].batches == [2, 1] * STEPS
     assert_relative(outs["fast"], outs["separate"])
     assert _differs(outs["fast"], plain)
     # every pass, the adversarial one included, got what the unpatched model's rows get: the image
@@ -361,7 +359,7 @@ def test_skip_layer_guidance_beside_asag(host, family, block, order, sinkhorn_ca
         with Forwards(base) as calls:
             effects[path] = step(both) - plain
         assert len(sinkhorn_calls) == 1, "ASAG's adversarial rows only, not SLG's pass"
-        asag_calls = [3] if path == "fast" and family == "wan21" else [2, 1]  # LTXV: its text mask
+        asag_calls = [3] if path == "fast" else [2, 1]
         assert sorted(calls.batches) == sorted(asag_calls + [1]), "ASAG's call(s), then SLG's own pass"
     assert effect_slg.abs().max() > 1e-3 and effect_asag.abs().max() > 1e-3
     torch.testing.assert_close(effects["fast"], effect_slg + effect_asag, rtol=1e-4,
@@ -397,12 +395,9 @@ def test_a_layer_the_model_lacks_names_the_input_and_the_valid_layers(host, fami
     assert repr(model.model_options) == options, "the input model must be left as it was"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "asag_core/layers.py parse_layer_spec stores the prefix-dropped token ('b1-5', from "
-    "_drop_repeated_prefix) in _Selector.token, which resolve_layers quotes: the message names 'b1-5', "
-    "not the 'b1-b5' the user wrote, and calls the whole range absent although b1 and b2 exist"))
 def test_a_range_past_the_last_block_is_named_as_written(host):
-    with pytest.raises(ValueError, match="'b1-b5'"):
+    with pytest.raises(ValueError, match=r"^layers: 'b1-b5' runs past the end: the WAN21_T2V model has 3 such "
+                                         r"blocks \(0-2\); its layers are: b0-b2$"):
         sampling.patch(host, "ASAGAdvanced", tiny_dits.wan21(), layers="b1-b5")
 
 
