@@ -8,11 +8,15 @@ For one head with queries :math:`Q \in \mathbb{R}^{N_q \times D}` and keys
 .. math::
 
     L = \begin{cases}
-        -\lambda\, QK^\top/\sqrt{D} & \text{cost "adversarial"}\\
-        +\lambda\, QK^\top/\sqrt{D} & \text{cost "similarity"}\\
+        -\lambda\sigma\, QK^\top & \text{cost "adversarial"}\\
+        +\lambda\sigma\, QK^\top & \text{cost "similarity"}\\
         0 & \text{cost "uniform"}
     \end{cases}
 
+with the logit scale :math:`\sigma = 1/\sqrt{D}` (SDPA's default; the ``scale``
+argument replaces it, with SDPA's meaning), so :math:`L = s\lambda\sigma\,QK^\top`
+for the sign :math:`s` of the cost (:func:`logit_sign`); the paths below call
+:math:`c = s\lambda\sigma` the logit multiplier.
 i.e. :math:`L = -\lambda M` for the transport cost :math:`M`. "adversarial" uses
 the similarity itself as the cost (ASAG, arXiv 2511.07499): matching query/key
 pairs become *expensive*. "similarity" is the paper's control (cost
@@ -91,6 +95,14 @@ same way on every path: it adds :math:`0 \cdot \sum` of each query row (of all
 rows once ``iterations >= 1``), of each head's keys and of each value column,
 which is 0, or NaN where a NaN (or an infinity) is (O(N D), no sync).
 
+Grouped-query attention
+-----------------------
+With ``enable_gqa=True`` (SDPA's flag of that name) k and v may have fewer heads
+than q: :math:`H_q` a multiple of :math:`H_{kv}`, and query head :math:`h` uses
+kv head :math:`\lfloor h / (H_q/H_{kv}) \rfloor`, as SDPA groups them. Each query
+head gets its own plan (its own potentials): the result is the call with k and
+v repeated to :math:`H_q` heads (``repeat_interleave`` on the heads axis).
+
 Numerics
 --------
 Everything runs in float32 (or float64 if given) whatever the input dtype, in
@@ -127,11 +139,22 @@ References
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import sinkhorn_chunked, sinkhorn_fused
+from .sinkhorn_checks import (
+    COSTS,
+    check_attention_args,
+    check_gqa,
+    check_params,
+    check_qkv,
+    check_scale,
+    logit_multiplier,
+    logit_sign,
+    repeat_kv,
+    to_heads,
+    work_dtype,
+)
 from .sinkhorn_common import (
     MASK_THRESHOLD,
     admissible,
@@ -141,8 +164,6 @@ from .sinkhorn_common import (
     mask_bias,
     zero_masked_rows,
 )
-
-COSTS = ("adversarial", "similarity", "uniform")
 
 #: Dense logits above this many bytes switch to a memory-bounded path.
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
@@ -161,64 +182,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------
-# validation
-# ---------------------------------------------------------------------------
-
-def _check_params(iterations, lam, cost) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, int):
-        raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
-    try:
-        lam_f = float(lam)
-    except (TypeError, ValueError):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}") from None
-    if not math.isfinite(lam_f) or lam_f < 0:
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-    if cost not in COSTS:
-        raise ValueError(f"cost must be one of {', '.join(COSTS)}; got {cost!r}")
-
-
-def logit_sign(cost: str) -> float:
-    """Sign s with L = s * lam * QK^T / sqrt(D) (0 for the uniform cost)."""
-    if cost not in COSTS:
-        raise ValueError(f"cost must be one of {', '.join(COSTS)}; got {cost!r}")
-    return {"adversarial": -1.0, "similarity": 1.0, "uniform": 0.0}[cost]
-
-
-def _check_qkv(q, k, v=None) -> None:
-    if q.ndim != 4 or k.ndim != 4:
-        raise ValueError(
-            f"q and k must be 4-D (batch, heads, tokens, dim); got q {tuple(q.shape)}, k {tuple(k.shape)}"
-        )
-    if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
-        raise ValueError(
-            "q and k must agree in batch, heads and head dim: "
-            f"q {tuple(q.shape)} vs k {tuple(k.shape)}"
-        )
-    if v is not None:
-        if v.ndim != 4 or v.shape[:3] != k.shape[:3]:
-            raise ValueError(
-                f"v must be (batch, heads, keys, dim_v) matching k {tuple(k.shape)}; got v {tuple(v.shape)}"
-            )
-
-
-def _check_attention_args(q, k, v, heads, chunk_size, skip_reshape) -> None:
-    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"heads must be a positive int, got {heads!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.ndim != (4 if skip_reshape else 3):
-            want = "(batch, heads, tokens, dim)" if skip_reshape else "(batch, tokens, heads*dim)"
-            raise ValueError(f"{name} must be a {want} tensor, got {getattr(t, 'shape', type(t))}")
-
-
-def _work_dtype(x) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-# ---------------------------------------------------------------------------
 # the plan, and the dense path
 # ---------------------------------------------------------------------------
 
@@ -232,19 +195,22 @@ def _dense_potential(logits: torch.Tensor, iterations: int) -> torch.Tensor:
     return g
 
 
-def _dense_plan(q, k, scale, bias, iterations) -> torch.Tensor:
-    logits = logits_of(q, k, scale, bias)
+def _dense_plan(q, k, multiplier, bias, iterations) -> torch.Tensor:
+    logits = logits_of(q, k, multiplier, bias)
     plan = torch.softmax(logits + _dense_potential(logits, iterations), dim=-1)
     # softmax of a row of -inf is NaN; such a row's plan is defined as zero
     return zero_masked_rows(plan, admissible(bias, -1))
 
 
-def sinkhorn_plan(q, k, *, iterations=2, lam=1.0, cost="adversarial", mask=None) -> torch.Tensor:
+def sinkhorn_plan(
+    q, k, *, iterations=2, lam=1.0, cost="adversarial", mask=None, scale=None, enable_gqa=False
+) -> torch.Tensor:
     r"""The row-stochastic ASAG transport plan.
 
     Args:
         q: queries, (B, H, Nq, D).
-        k: keys, (B, H, Nk, D).
+        k: keys, (B, H, Nk, D); with ``enable_gqa``, (B, H_kv, Nk, D) with H a
+            multiple of H_kv.
         iterations: Sinkhorn iterations (row + column normalisation each), >= 0.
             0 gives ``softmax(L)``; the paper finds 2 enough.
         lam: inverse entropic regularisation :math:`\lambda = 1/\varepsilon` (finite, >= 0).
@@ -254,35 +220,33 @@ def sinkhorn_plan(q, k, *, iterations=2, lam=1.0, cost="adversarial", mask=None)
             to (B, H, Nq, Nk); as in ComfyUI, a 2-D mask is (Nq, Nk) and a 3-D
             mask is (B, Nq, Nk) (shared by all heads). Values at or below
             ``MASK_THRESHOLD`` mask their pair.
+        scale: the logit scale :math:`\sigma` (SDPA's ``scale``): the logits are
+            :math:`s\lambda\sigma\,QK^\top`; None means :math:`1/\sqrt{D}`.
+        enable_gqa: let k have fewer heads than q (SDPA's grouping: query head
+            h uses key head h // (H / H_kv)).
 
     Returns:
         float32 plan (B, H, Nq, Nk) (float64 for float64 inputs); each row sums
         to 1 (fully masked rows are 0). See the module docstring for the exact
         definition.
     """
-    _check_params(iterations, lam, cost)
-    _check_qkv(q, k)
-    work = _work_dtype(q)
+    check_params(iterations, lam, cost)
+    check_scale(scale)
+    check_gqa(enable_gqa)
+    check_qkv(q, k, enable_gqa=enable_gqa)
+    work = work_dtype(q)
     bias = mask_bias(mask, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), q.device, work)
-    return _dense_plan(q.to(work), k.to(work), logit_sign(cost) * float(lam), bias, iterations)
+    multiplier = logit_multiplier(cost, lam, scale, q.shape[-1])
+    return _dense_plan(q.to(work), repeat_kv(k.to(work), q.shape[1]), multiplier, bias, iterations)
 
 
-def _dense_attention(q, k, v, scale, bias, iterations) -> torch.Tensor:
-    return torch.matmul(_dense_plan(q, k, scale, bias, iterations), v)
+def _dense_attention(q, k, v, multiplier, bias, iterations) -> torch.Tensor:
+    return torch.matmul(_dense_plan(q, k, multiplier, bias, iterations), v)
 
 
 # ---------------------------------------------------------------------------
 # attention: validate, choose a path, call it
 # ---------------------------------------------------------------------------
-
-def _to_heads(x, heads, skip_reshape):
-    if skip_reshape:
-        return x
-    b, n, inner = x.shape
-    if inner % heads:
-        raise ValueError(f"the last dim {inner} of q/k/v is not divisible by heads={heads}")
-    return x.view(b, n, heads, inner // heads).transpose(1, 2)
-
 
 def _auto_chunk_rows(bh: int, nk: int, budget: int) -> int:
     # each chunk holds about three (rows x Nk) float32 temporaries per head
@@ -304,19 +268,19 @@ def _with_input_nans(out, q, k, v, iterations) -> torch.Tensor:
     return out.add_(q_rows * 0.0 + k_head * 0.0 + v_cols * 0.0)
 
 
-def _run_path(q, k, v, scale, bias, iterations, chunk_size, budget) -> torch.Tensor:
+def _run_path(q, k, v, multiplier, bias, iterations, chunk_size, budget) -> torch.Tensor:
     b, h, nq, _ = q.shape
     nk = k.shape[2]
     if chunk_size is None and _DENSE_PEAK_TEMPORARIES * b * h * nq * nk * 4 <= budget:
-        return _dense_attention(q, k, v, scale, bias, iterations)
+        return _dense_attention(q, k, v, multiplier, bias, iterations)
     if sinkhorn_fused.usable(q, v):
         rows = chunk_size or _auto_chunk_rows(b * h, max(nq, nk), budget)
         try:
-            return sinkhorn_fused.attention(q, k, v, scale, bias, iterations, rows)
+            return sinkhorn_fused.attention(q, k, v, multiplier, bias, iterations, rows)
         except sinkhorn_fused.KernelFailed as err:
             sinkhorn_fused.disable(err)
     rows = chunk_size or _auto_chunk_rows(b * h, nk, budget)
-    return sinkhorn_chunked.attention(q, k, v, scale, bias, iterations, rows)
+    return sinkhorn_chunked.attention(q, k, v, multiplier, bias, iterations, rows)
 
 
 def adversarial_attention(
@@ -333,27 +297,42 @@ def adversarial_attention(
     skip_output_reshape=False,
     chunk_size=None,
     memory_budget_bytes=DEFAULT_MEMORY_BUDGET_BYTES,
+    scale=None,
+    enable_gqa=False,
 ) -> torch.Tensor:
-    """Attention with the ASAG plan: ``sinkhorn_plan(q, k) @ v``.
+    r"""Attention with the ASAG plan: ``sinkhorn_plan(q, k) @ v``.
 
     A drop-in for ComfyUI's ``optimized_attention``: q, k, v are (B, N, H*D)
     unless ``skip_reshape`` (then (B, H, N, D)); the output is (B, Nq, H*D)
-    unless ``skip_output_reshape`` (then (B, H, Nq, D)). Computation is float32
-    (float64 for float64 inputs) and the result has the dtype of ``q``.
+    unless ``skip_output_reshape`` (then (B, H, Nq, D)). ``heads`` is the query
+    head count. Computation is float32 (float64 for float64 inputs) and the
+    result has the dtype of ``q``.
+
+    ``scale`` and ``enable_gqa`` mean what they mean for
+    :func:`torch.nn.functional.scaled_dot_product_attention`: the logit scale
+    :math:`\sigma` (logits :math:`s\lambda\sigma\,QK^\top`; None =
+    :math:`1/\sqrt{D}`), and k, v with fewer heads than q (H_q a multiple of
+    H_kv; query head h uses kv head h // (H_q/H_kv)). In the flat layout D is
+    q's inner size / ``heads`` and k's and v's head count their inner size / D
+    (v's / its own head dim, the same count).
 
     ``chunk_size`` (query rows per block) forces a memory-bounded path; by
     default one is taken when the dense path's peak would exceed
     ``memory_budget_bytes``. All paths agree to ~1e-6 in float32.
     Fully masked query rows give zero output.
     """
-    _check_params(iterations, lam, cost)
-    _check_attention_args(q, k, v, heads, chunk_size, skip_reshape)
-    work = _work_dtype(q)
-    qh, kh, vh = (_to_heads(t, heads, skip_reshape).to(work) for t in (q, k, v))
-    _check_qkv(qh, kh, vh)
-    b, h, nq, _ = qh.shape
+    check_params(iterations, lam, cost)
+    check_attention_args(q, k, v, heads, chunk_size, skip_reshape)
+    check_scale(scale)
+    check_gqa(enable_gqa)
+    work = work_dtype(q)
+    qh, kh, vh = (t.to(work) for t in to_heads(q, k, v, heads, skip_reshape, enable_gqa))
+    check_qkv(qh, kh, vh, enable_gqa)
+    b, h, nq, d = qh.shape
+    kh, vh = repeat_kv(kh, h), repeat_kv(vh, h)
     bias = mask_bias(mask, (b, h, nq, kh.shape[2]), q.device, work)
 
-    out = _run_path(qh, kh, vh, logit_sign(cost) * float(lam), bias, iterations, chunk_size, memory_budget_bytes)
+    multiplier = logit_multiplier(cost, lam, scale, d)
+    out = _run_path(qh, kh, vh, multiplier, bias, iterations, chunk_size, memory_budget_bytes)
     out = zero_masked_rows(_with_input_nans(out, qh, kh, vh, iterations), admissible(bias, -1)).to(q.dtype)
     return out if skip_output_reshape else out.transpose(1, 2).reshape(b, nq, -1)

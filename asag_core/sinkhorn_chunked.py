@@ -19,8 +19,8 @@ One block of logits is one matmul. The output then is
 :func:`torch.nn.functional.scaled_dot_product_attention` of each block of
 queries with the key bias :math:`g` (plus the block's mask): attention with
 logits :math:`L` and bias :math:`g` is :math:`\operatorname{softmax}_j(L_{ij} +
-g_j)\,V = PV`. SDPA applies :math:`1/\sqrt{D}` itself, so the queries carry the
-sign and :math:`\lambda`.
+g_j)\,V = PV`. The queries carry the whole logit multiplier :math:`c = s\lambda\sigma`
+and SDPA's own scale is 1.
 
 Peak extra memory: about three (rows, Nk) float temporaries per head. Masked
 pairs (bias at or below :data:`~asag_core.sinkhorn_common.MASK_THRESHOLD`) are
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .sinkhorn_common import bias_rows, empty_to_zero, log_ratio, logits_of, masked_bias
 
 
-def _potential(q, k, scale, bias, iterations, rows):
+def _potential(q, k, multiplier, bias, iterations, rows):
     """Column potentials g, (B, H, 1, Nk); ``bias`` broadcastable (or None)."""
     b, h, nq, _ = q.shape
     nk = k.shape[2]
@@ -48,7 +48,8 @@ def _potential(q, k, scale, bias, iterations, rows):
         col_lse = q.new_full((b, h, 1, nk), float("-inf"))
         for start in range(0, nq, rows):
             stop = min(nq, start + rows)
-            block = logits_of(q[:, :, start:stop], k, scale, None if bias is None else bias_rows(bias, start, stop))
+            rows_bias = None if bias is None else bias_rows(bias, start, stop)
+            block = logits_of(q[:, :, start:stop], k, multiplier, rows_bias)
             block.add_(empty_to_zero(-torch.logsumexp(block + g, dim=-1, keepdim=True)))
             col_lse = torch.logaddexp(col_lse, torch.logsumexp(block, dim=-2, keepdim=True))
             del block
@@ -56,22 +57,22 @@ def _potential(q, k, scale, bias, iterations, rows):
     return g
 
 
-def attention(q, k, v, scale, bias, iterations, rows):
+def attention(q, k, v, multiplier, bias, iterations, rows):
     """``P V`` for the plan P of :mod:`asag_core.sinkhorn`, (B, H, Nq, Dv), in O(rows * Nk) extra memory.
 
-    ``q``, ``k``, ``v`` (B, H, N, D) in the work dtype; ``scale`` = sign * lam;
+    ``q``, ``k``, ``v`` (B, H, N, D) in the work dtype; ``multiplier`` = sign * lam * logit scale;
     ``bias`` the additive mask (broadcastable, unthresholded) or None. Rows
     without an admissible key are left to the caller to zero.
     """
     b, h, nq, _ = q.shape
     nk = k.shape[2]
-    g = _potential(q, k, scale, bias, iterations, rows)
-    a = q * scale
+    g = _potential(q, k, multiplier, bias, iterations, rows)
+    a = q * multiplier
     out = q.new_empty((b, h, nq, v.shape[-1]))
     for start in range(0, nq, rows):
         stop = min(nq, start + rows)
         block = g if bias is None else masked_bias(bias_rows(bias, start, stop), g)
         out[:, :, start:stop] = F.scaled_dot_product_attention(
-            a[:, :, start:stop], k, v, attn_mask=block.expand(b, h, stop - start, nk)
+            a[:, :, start:stop], k, v, attn_mask=block.expand(b, h, stop - start, nk), scale=1.0
         )
     return out

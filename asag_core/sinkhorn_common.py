@@ -9,7 +9,8 @@ same way:
 - the additive bias of a mask, and where a pair counts as masked: its bias is at
   or below :data:`MASK_THRESHOLD` (set to :math:`-\infty` before any
   exponential is taken, one block of rows at a time on the bounded paths);
-- the logits :math:`L = s\lambda\, QK^\top/\sqrt{D} + \text{bias}`;
+- the logits :math:`L = c\, QK^\top + \text{bias}` with :math:`c = s\lambda\sigma`
+  (:math:`\sigma` the logit scale, :math:`1/\sqrt{D}` by default);
 - potentials of empty lines: a row (column) whose pairs are all masked has
   :math:`f_i = +\infty` (:math:`g_j = +\infty`); it is set to 0, which changes
   no admissible mass. NaN is never replaced: it reaches the output.
@@ -78,13 +79,13 @@ def admissible(bias: Optional[torch.Tensor], dim: int) -> Optional[torch.Tensor]
     return None if bool(has_pair.all()) else has_pair
 
 
-def logits_of(q, k, scale: float, bias=None) -> torch.Tensor:
-    r""":math:`\text{scale}\cdot QK^\top/\sqrt{D}` plus the masked bias.
+def logits_of(q, k, multiplier: float, bias=None) -> torch.Tensor:
+    r""":math:`c\, QK^\top` plus the masked bias.
 
-    ``scale`` is :math:`s\lambda` (0 for the uniform plan: the product is still
-    taken, so NaN in q or k reaches the logits as it would in attention).
+    ``multiplier`` is :math:`c = s\lambda\sigma` (0 for the uniform plan: the product is
+    still taken, so NaN in q or k reaches the logits as it would in attention).
     """
-    out = torch.matmul(q * (scale / math.sqrt(q.shape[-1])), k.transpose(-1, -2))
+    out = torch.matmul(q * multiplier, k.transpose(-1, -2))
     if bias is not None:
         out.add_(masked_bias(bias))  # q and k have full token axes, so out has the broadcast shape
     return out

@@ -3,17 +3,17 @@ r"""The memory-bounded ASAG attention on CPU, one fused flash-attention call per
 PyTorch's CPU flash-attention kernel
 (``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu``) computes, for
 queries :math:`A`, keys :math:`B`, values :math:`V` and an additive mask
-:math:`C`,
+:math:`C` (and its own logit scale :math:`\sigma_k`),
 
 .. math::
 
-    O = \operatorname{softmax}_j\!\left(AB^\top/\sqrt{D} + C\right) V,
+    O = \operatorname{softmax}_j\!\left(\sigma_k AB^\top + C\right) V,
     \qquad
-    \ell_i = \operatorname{logsumexp}_j \left(AB^\top/\sqrt{D} + C\right)_{ij},
+    \ell_i = \operatorname{logsumexp}_j \left(\sigma_k AB^\top + C\right)_{ij}
 
 in :math:`O(N)` extra memory, and returns :math:`\ell` besides :math:`O`. With
-:math:`A = s\lambda Q` (the sign and :math:`\lambda` folded into the queries,
-the kernel applies :math:`1/\sqrt{D}` itself) one Sinkhorn iteration of
+:math:`A = cQ` (the whole logit multiplier :math:`c = s\lambda\sigma` of
+:mod:`asag_core.sinkhorn` folded into the queries) and :math:`\sigma_k = 1`, one Sinkhorn iteration of
 :mod:`asag_core.sinkhorn` is two such calls:
 
 .. math::
@@ -88,14 +88,14 @@ def disable(error: BaseException) -> None:
 
 def _kernel(a, b, value, mask):
     try:
-        return _FLASH_CPU(a, b, value, attn_mask=mask)
+        return _FLASH_CPU(a, b, value, attn_mask=mask, scale=1.0)
     except RuntimeError as err:
         raise KernelFailed(str(err)) from err
 
 
 def _flash_rows(a, b, value, bias, potential, rows, want_lse):
     """Fused attention of queries ``a`` over keys ``b`` with logits
-    ``a.b/sqrt(D) + bias + potential`` (potential: (B, H, 1, Nb), or None for 0).
+    ``a.b + bias + potential`` (potential: (B, H, 1, Nb), or None for 0).
 
     Returns ``(output, lse)``: output (B, H, Na, Dv) (None unless ``value`` is
     given) and the row log-sum-exp (B, H, Na, 1) (None unless ``want_lse``).
@@ -133,15 +133,15 @@ def _potential(a, k, bias, iterations, rows):
     return g
 
 
-def attention(q, k, v, scale, bias, iterations, rows):
+def attention(q, k, v, multiplier, bias, iterations, rows):
     """``P V`` for the plan P of :mod:`asag_core.sinkhorn`, (B, H, Nq, Dv), in O(rows * N) extra memory.
 
-    ``q``, ``k``, ``v`` (B, H, N, D) in the work dtype; ``scale`` = sign * lam;
+    ``q``, ``k``, ``v`` (B, H, N, D) in the work dtype; ``multiplier`` = sign * lam * logit scale;
     ``bias`` the additive mask (broadcastable, unthresholded) or None. Rows
     without an admissible key are left to the caller to zero. Raises
     :class:`KernelFailed` if the kernel raises.
     """
-    a = q * scale  # the kernel applies 1/sqrt(D) to a.b itself
+    a = q * multiplier  # the kernel's own scale is 1
     g = _potential(a, k, bias, iterations, rows)
     out, _ = _flash_rows(a, k, v, bias, g, rows, False)
     return out
