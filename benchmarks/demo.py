@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .host import start_host
-from .quality import TINY_LAYERS, asag_model
+from .quality_settings import TINY_LAYERS, asag_model
 
 DEFAULT_NAME = "asag_demo.png"
 

@@ -18,7 +18,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .quality import ABLATION_SCALE, METHODS, Setting, guided_model  # noqa: E402
+from .quality_settings import ABLATION_SCALE, METHODS, Setting, guided_model  # noqa: E402
 
 STYLE = {"asag": ("tab:blue", "o", "ASAG"), "pag_same_layers": ("tab:red", "s", "PAG (out = V)"),
          "zero_same_layers": ("tab:green", "^", "out = 0")}

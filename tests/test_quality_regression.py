@@ -42,7 +42,7 @@ def tiny(host):
 
 
 def _asag(host, model, scale, layers="u3"):
-    from benchmarks.quality import asag_model
+    from benchmarks.quality_settings import asag_model
 
     return asag_model(host, model, scale=scale, layers=layers)
 
