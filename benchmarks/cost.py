@@ -1,0 +1,319 @@
+"""What ASAG costs per step on the models users run, counted on ComfyUI's own full-size architectures.
+
+    python -m benchmarks.cost                      # all models, writes docs/cost_table.json
+    python -m benchmarks.cost --models sd15,ltxv   # a subset (prints only; --out to write)
+
+No weights, no GPU: every diffusion model is built on the meta device (``torch.device("meta")``:
+shapes without memory) from the config ComfyUI detects for the real checkpoint
+(``benchmarks/cost_models.py``), and one forward of one conditional row, with the text lengths
+ComfyUI's text encoders give, runs under torch's FLOP counter (``benchmarks/flops.py``: matrix
+products, convolutions and attention; elementwise work is not counted). Attention is ComfyUI's
+PyTorch-SDPA function, the default on GPUs, whatever this CPU process picked
+(``cost_models.sdpa_transformer_options``).
+Weights are bf16; FLOP counts do not depend on the dtype.
+
+Per model: ``row_tflops``, one row's whole forward. Per layer, named as a user types it in the
+pack's ``layers`` input (resolved by ``nodes/model_layers.layer_catalog`` + ``asag_core.resolve_layers``,
+as the node resolves it; ``auto`` as ``asag_core.auto_layers`` picks it):
+
+``after_share``
+    the share of one row's FLOPs from the first perturbed layer on, in execution order (forward
+    hooks on the layer modules read the running count when the first of them starts; a U-Net
+    layer named by its block, e.g. ``m0``, starts at the first transformer of that block). The
+    adversarial row equals the conditional row before that point, so this is what it adds at best.
+``ideal_over_cfg`` = 1 + after_share / 2
+    a step against CFG at cfg > 1 (three rows' worth of work against two), if the shared prefix
+    is computed once;
+``ideal_over_cfg1`` = 1 + after_share
+    the same at cfg 1 (guidance-distilled models, step-distilled LoRAs): two rows against one.
+``layer_attention_tflops``
+    the softmax attention (QKᵀ and PV) of every self/joint attention call inside the chosen
+    blocks, at the shapes the forward gave it (an attention call counts as self/joint when its
+    keys are as many as its queries; cross-attention to the text is left out, as ASAG leaves it);
+``sinkhorn_tflops``
+    the Sinkhorn attention that replaces those calls: ``asag_core.adversarial_attention`` run
+    on meta tensors of each call's q/k/v shape, with the node's defaults (``ASAGSettings()``)
+    and the dtype of the model, under the same FLOP counter. This counts whatever asag_core
+    does at run time. The analytic rule beside it: the Sinkhorn plan takes 2·iterations + 1
+    passes over QKᵀ (a row and a column normalisation per iteration, then the output); a pass
+    costs at most one attention (QKᵀ, plus PV where it is fused into an attention-like kernel),
+    and at least the QKᵀ of the logits once, plus PV once. So
+    ``1 <= sinkhorn_over_attention <= 2·iterations + 1`` (``analytic_passes``).
+
+Extra keys: ``roles`` (auto / first / middle / last / why a layer is listed), ``resolves_to``
+(what ``auto`` picks), ``perturbed_layers``, ``attention_calls``, ``attention_shapes``
+(batch, heads, q tokens, k tokens, head dim, value head dim), ``sinkhorn_over_attention``,
+``sinkhorn_extra_share`` ((Sinkhorn − the attention it replaces) / row: what the plan itself adds
+to the adversarial row, beyond the ideals), and what the node does today: ``node_shares_prefix``
+(``nodes/shared_prefix.prefix_modules`` is non-empty: the fast path computes the prefix once)
+and, from it, ``node_after_share`` (1 − the prefix modules' share: the embedders are not shared;
+1.0 where nothing is shared), ``node_ideal_over_cfg`` = 1 + node_after_share / 2 and
+``node_ideal_over_cfg1`` = 1 + node_after_share. Where the node shares nothing the adversarial
+row costs a whole row: 1.5 and 2.0.
+
+Output: a table, then the JSON as one line (the last line of stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+from .cost_models import ARCHITECTURES, BY_KEY, build_on, detection_round_trip, model_inputs, sdpa_transformer_options
+from .flops import attention_flops, count_call, count_forward
+from .host import ROOT, pack_module, start_host
+
+DEFAULT_OUT = os.path.join(ROOT, "docs", "cost_table.json")
+META = torch.device("meta")
+DIGITS = 6
+
+
+# ---------------------------------------------------------------------------
+# which layers
+# ---------------------------------------------------------------------------
+
+def _execution_order(catalog) -> list[str]:
+    """Every block a user can name, in the order the model runs them."""
+    if catalog.is_unet:
+        letters = {"input": "d", "middle": "m", "output": "u"}
+        return [f"{letters[p]}{i}" for p in ("input", "middle", "output") for i in range(len(catalog.unet.get(p, [])))]
+    if "single" not in catalog.dit:
+        return [f"b{i}" for i in range(catalog.dit.get("double", 0))]
+    return [f"{s}{i}" for s in ("double", "single") for i in range(catalog.dit.get(s, 0))]
+
+
+def spec_of(layers, catalog) -> str:
+    """The name a user would type for these resolved layers (``auto``'s pick): a DiT block, or a
+    whole U-Net block (``m0``)."""
+    if catalog.is_unet:
+        letters = {"input": "d", "middle": "m", "output": "u"}
+        parts = {(layer.part, layer.block_id) for layer in layers}
+        if len(parts) == 1:
+            part, block_id = parts.pop()
+            index = [b for b, _ in catalog.unet[part]].index(block_id)
+            return f"{letters[part]}{index}"
+        return ", ".join(repr(layer.patch_key) for layer in layers)
+    prefix = {"double": "b", "single": "single"} if "single" not in catalog.dit else {}
+    return ", ".join(f"{prefix.get(layer.stack, layer.stack)}{layer.index}" for layer in layers)
+
+
+def layer_choices(arch, catalog, resolve) -> dict:
+    """{layer spec: [roles]}: auto, first, a middle and the last block, then the arch's extras.
+    The middle block is m0 for a U-Net and the middle of the execution order for a DiT."""
+    order = _execution_order(catalog)
+    middle = "m0" if catalog.is_unet and catalog.unet.get("middle") else order[len(order) // 2]
+    choices = {"auto": ["auto"]}
+    auto = resolve("auto")
+    for name, role in ((order[0], "first"), (middle, "middle"), (order[-1], "last"), *arch.extra_layers):
+        roles = choices.setdefault(name, [])
+        roles.append(role)
+        if resolve(name) == auto and "= auto" not in roles:
+            roles.append("= auto")
+    return choices
+
+
+# ---------------------------------------------------------------------------
+# counting
+# ---------------------------------------------------------------------------
+
+# above this many logits (batch x heads x q x k) one head is counted and multiplied by the heads
+WHOLE_CALL_LOGITS = 4 * 10**9
+
+
+class SinkhornCounter:
+    """FLOPs of the pack's Sinkhorn attention per q/k/v shape (counted once per shape).
+
+    Counting runs every op of asag_core on meta tensors; at video lengths today's blocked paths
+    dispatch tens of thousands of ops per call, which takes minutes. Heads are independent, so
+    beyond ``WHOLE_CALL_LOGITS`` one head is counted and multiplied by the head count, after
+    checking on the same shape that two heads count exactly twice one head (else the whole call
+    is counted). ``heads_counted`` records which was done."""
+
+    def __init__(self, host, dtype):
+        core = pack_module(host, "asag_core")
+        self.attention, self.settings, self.dtype = core.adversarial_attention, core.ASAGSettings(), dtype
+        self.cache, self.heads_counted, self.seconds = {}, {}, 0.0
+
+    def _count(self, b, h, nq, nk, d, dv):
+        q = torch.empty(b, h, nq, d, device=META, dtype=self.dtype)
+        k = torch.empty(b, h, nk, d, device=META, dtype=self.dtype)
+        v = torch.empty(b, h, nk, dv, device=META, dtype=self.dtype)
+        s = self.settings
+        return count_call(lambda: self.attention(q, k, v, h, iterations=s.iterations, lam=s.lam, cost=s.cost,
+                                                 skip_reshape=True, skip_output_reshape=True))
+
+    def __call__(self, shape) -> int:
+        if shape not in self.cache:
+            b, h, nq, nk, d, dv = shape
+            start = time.perf_counter()
+            if b * h * nq * nk > WHOLE_CALL_LOGITS and h > 2:
+                one = self._count(b, 1, nq, nk, d, dv)
+                linear = self._count(b, 2, nq, nk, d, dv) == 2 * one
+                self.cache[shape] = one * h if linear else self._count(*shape)
+                self.heads_counted[shape] = 1 if linear else h
+            else:
+                self.cache[shape] = self._count(*shape)
+                self.heads_counted[shape] = h
+            self.seconds += time.perf_counter() - start
+        return self.cache[shape]
+
+
+def _self_attention(shapes):
+    return [s for s in shapes if s[2] == s[3]]
+
+
+def _r(x):
+    return round(x, DIGITS)
+
+
+def layer_entry(count, names, prefix_names, roles, sinkhorn, iterations):
+    """One layer spec's row of the table from the counted forward (see the module docstring)."""
+    after = _r(count.share_from(names))
+    calls = [s for n in names for s in _self_attention(count.attention[n])]
+    attention = sum(attention_flops(b, h, nq, nk, d, dv) for b, h, nq, nk, d, dv in calls)
+    sk = sum(sinkhorn(s) for s in calls)
+    node_after = _r(1.0 - count.share_inside(prefix_names)) if prefix_names else 1.0
+    return {
+        "after_share": after, "ideal_over_cfg": _r(1 + after / 2), "ideal_over_cfg1": _r(1 + after),
+        "sinkhorn_tflops": _r(sk / 1e12), "layer_attention_tflops": _r(attention / 1e12),
+        "roles": roles, "perturbed_layers": len(names), "attention_calls": len(calls),
+        "attention_shapes": sorted({list(s).__repr__(): list(s) for s in calls}.values()),
+        "sinkhorn_over_attention": _r(sk / attention) if attention else None,
+        "sinkhorn_heads_counted": sorted({sinkhorn.heads_counted[s] for s in calls}),
+        "analytic_passes": 2 * iterations + 1,
+        "sinkhorn_extra_share": _r((sk - attention) / count.total),
+        "node_shares_prefix": bool(prefix_names), "node_after_share": node_after,
+        "node_ideal_over_cfg": _r(1 + node_after / 2), "node_ideal_over_cfg1": _r(1 + node_after),
+    }
+
+
+def measure(host, arch, sinkhorn, only=None) -> dict:
+    """The table's entry for one architecture (``only``: a subset of layer specs)."""
+    core = pack_module(host, "asag_core")
+    model_layers = pack_module(host, "nodes.model_layers")
+    prefix_modules = pack_module(host, "nodes.shared_prefix").prefix_modules
+    import comfy.model_patcher
+
+    config, model = build_on(arch, META, sinkhorn.dtype)
+    round_trip = detection_round_trip(arch, config, model)
+    if round_trip:
+        raise RuntimeError(f"{arch.key}: ComfyUI's detection does not give the config back: {round_trip}")
+    cpu = torch.device("cpu")  # never loaded: the patcher only carries the model to layer_catalog
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    catalog = model_layers.layer_catalog(patcher)
+    dm = model.diffusion_model
+
+    def resolve(spec):
+        return core.resolve_layers(spec, catalog)
+
+    choices = layer_choices(arch, catalog, resolve)
+    if only is not None:
+        choices = {k: v for k, v in choices.items() if k in only}
+    watched, selections = {}, {}
+    for spec in choices:
+        layers = resolve(spec)
+        names = [repr(layer.patch_key) for layer in layers]
+        for layer, name in zip(layers, names, strict=True):
+            watched[name] = model_layers.layer_module(dm, layer)
+        shared = prefix_modules(dm, layers)
+        prefix = [f"prefix {spec} {i}" for i in range(len(shared))]
+        watched.update(zip(prefix, shared, strict=True))
+        selections[spec] = (names, prefix)
+    x, sigma, conds = model_inputs(arch, model, META)
+    options = sdpa_transformer_options(pack_module(host, "nodes.comfy_internals").ATTENTION_OVERRIDE)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        count = count_forward(lambda: model.apply_model(x, sigma, transformer_options=dict(options), **conds),
+                              watched)
+    seconds = time.perf_counter() - start
+    layers = {spec: layer_entry(count, names, prefix, choices[spec], sinkhorn, sinkhorn.settings.iterations)
+              for spec, (names, prefix) in selections.items()}
+    if "auto" in layers:
+        layers["auto"]["resolves_to"] = spec_of(resolve("auto"), catalog)
+    return {
+        "resolution": arch.resolution, "row_tflops": _r(count.total / 1e12), "layers": layers,
+        "checkpoint": arch.checkpoint, "config_class": type(config).__name__,
+        "config_source": "comfy/model_detection.py detect_unet_config (ComfyUI 0.3.64), checked both ways",
+        "unet_config": arch.unet_config, "latent": list(arch.latent), "text": arch.text,
+        "text_tokens": conds["c_crossattn"].shape[1], "layer_catalog": catalog.describe(),
+        "node_shares_prefix": any(e["node_shares_prefix"] for e in layers.values()),
+        "notes": arch.notes, "forward_seconds": round(seconds, 1),
+    }
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+def table_lines(models) -> list[str]:
+    head = (f"| {'model':<13} | {'row TFLOP':>9} | {'layer':<8} | {'after':>6} | {'x CFG':>6} | {'x CFG 1':>7} | "
+            f"{'node x CFG':>10} | {'attn TFLOP':>10} | {'Sinkhorn TFLOP':>14} | {'Sk/attn':>7} |")
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for key, m in models.items():
+        for spec, e in m["layers"].items():
+            name = f"{spec} ({e['resolves_to']})" if "resolves_to" in e else spec
+            lines.append(
+                f"| {key:<13} | {m['row_tflops']:>9.2f} | {name:<8} | {e['after_share']:>6.3f} | "
+                f"{e['ideal_over_cfg']:>6.3f} | {e['ideal_over_cfg1']:>7.3f} | {e['node_ideal_over_cfg']:>10.3f} | "
+                f"{e['layer_attention_tflops']:>10.3f} | {e['sinkhorn_tflops']:>14.3f} | "
+                f"{(e['sinkhorn_over_attention'] or 0):>7.2f} |")
+    return lines
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cost", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=None, help=f"comma list of {', '.join(BY_KEY)} (default: all)")
+    p.add_argument("--out", default=None, help="JSON path (default docs/cost_table.json when all models run; "
+                                               "'-' for none)")
+    args = p.parse_args(argv)
+    keys = list(BY_KEY) if args.models is None else [k.strip() for k in args.models.split(",") if k.strip()]
+    bad = [k for k in keys if k not in BY_KEY]
+    if bad or not keys:
+        p.error(f"--models {bad or args.models!r}: valid values are {', '.join(BY_KEY)}")
+    args.keys = keys
+    if args.out is None:
+        args.out = DEFAULT_OUT if args.models is None else "-"
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    host = start_host()
+    import comfyui_version
+
+    sinkhorn = SinkhornCounter(host, torch.bfloat16)
+    models = {}
+    for arch in ARCHITECTURES:
+        if arch.key in args.keys:
+            models[arch.key] = measure(host, arch, sinkhorn)
+            print(f"[{arch.key}] done at {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    s = sinkhorn.settings
+    result = {
+        "benchmark": "cost", "models": models,
+        "asag_settings": {"iterations": s.iterations, "lam": s.lam, "cost": s.cost},
+        "counted": "torch.utils.flop_counter.FlopCounterMode on the meta device: matmuls, convolutions, attention; "
+                   "elementwise work not counted; one conditional row, batch 1, bf16",
+        "attention": "ComfyUI's attention_pytorch (SDPA), routed by transformer_options' attention override",
+        "comfyui": comfyui_version.__version__, "torch": torch.__version__, "python": platform.python_version(),
+        "sinkhorn_count_seconds": round(sinkhorn.seconds, 1), "seconds": round(time.perf_counter() - started, 1),
+    }
+    print("\n".join(table_lines(models)), flush=True)
+    if args.out != "-":
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        print(f"wrote {os.path.relpath(args.out, ROOT)}", file=sys.stderr)
+    print(json.dumps(result, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()
