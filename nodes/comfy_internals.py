@@ -206,11 +206,19 @@ SELF_ATTENTION, SELF_ATTENTION_DISABLED = "attn1", "disable_self_attn"
 #: the video U-Nets (SVD): their temporal layers mix the rows of a chunk
 TEMPORAL_RESBLOCKS = "use_temporal_resblocks"
 VIDEO_TRANSFORMER_CLASS_NAME = "SpatialVideoTransformer"
-#: DiTs whose block stacks are modules called with batch-leading tensors only (for the shared prefix)
+#: DiTs whose block stacks are modules called with batch-leading tensors only, and whose forward does
+#: nothing between two blocks of a stack but pass the output on (Flux and HunyuanVideo join their
+#: streams between the stacks, on the full batch): the shared prefix may narrow each block's rows.
+#: Exact classes (0.3.64): subclasses such as Wan's VACE or camera models are not included, nor Chroma
+#: (its blocks get their modulations as named tuples of batch-leading tensors).
 PREFIX_SHAREABLE_DITS = frozenset({
     ("comfy.ldm.flux.model", "Flux"),
     ("comfy.ldm.modules.diffusionmodules.mmdit", "MMDiT"),
     ("comfy.ldm.modules.diffusionmodules.mmdit", "OpenAISignatureMMDITWrapper"),
+    ("comfy.ldm.wan.model", "WanModel"),
+    ("comfy.ldm.lightricks.model", "LTXVModel"),
+    ("comfy.ldm.hunyuan_video.model", "HunyuanVideo"),
+    ("comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel"),
 })
 #: attribute names of DiT block stacks: the main (double/joint) stack first, then Flux-style single stacks.
 #: Numbering matches patches_replace["dit"] keys ("double_block", i) / ("single_block", i).

@@ -37,8 +37,9 @@ Which modules (the "prefix")
   perturbed transformer, the children of that block before its
   SpatialTransformer, and inside the SpatialTransformer its norm, proj_in and the
   transformer blocks before the perturbed one.
-* Flux and SD3 (MMDiT): the blocks of the double/joint stack (then the single
-  stack) before the first perturbed block. The cheap embedders are not shared.
+* Flux, SD3 (MMDiT), Wan, LTXV, HunyuanVideo and Qwen-Image
+  (``comfy_internals.PREFIX_SHAREABLE_DITS``): the blocks of the double/joint stack (then the
+  single stack) before the first perturbed block. The cheap embedders are not shared.
 * Any other architecture: no sharing; the batched call runs as before.
 
 When rows are *not* shared (the call runs unchanged for them)
