@@ -105,29 +105,48 @@ v repeated to :math:`H_q` heads (``repeat_interleave`` on the heads axis).
 
 Numerics
 --------
-Everything runs in float32 (or float64 if given) whatever the input dtype, in
-the log domain, so logits of magnitude :math:`10^4` stay finite. The output is
-cast back to the input dtype.
+On CPU (and any device without the kernel path) everything runs in float32
+(float64 if given) whatever the input dtype, in the log domain, so logits of
+magnitude :math:`10^4` stay finite; the output is cast back to the input dtype.
+The kernel path (CUDA) keeps q, k, v in their own dtype, as attention kernels
+do: the logits are accumulated in float32 from the inputs' products, the
+potentials are float32 and enter the kernel split into three parts of the input
+dtype (:mod:`asag_core.sinkhorn_kernel`), and the kernel rounds its plan and
+output to the input dtype as flash attention does.
+
+Precision (measured, ``tests/test_sinkhorn_paths.py``): with unit-scale
+logits every path agrees with the dense one to about 1e-6 in float32. The
+error grows with the logits' magnitude, as float32 conditioning: at
+:math:`\lambda = 10` with :math:`|L|` up to ~660, float32 results (dense path
+included) differ from a float64 evaluation by up to ~1e-4, and SDPA's own
+float32 softmax attention of the same logits does the same. On the kernel path
+with bf16 inputs the error is that of the final bf16 rounding of the output
+(about SDPA's in bf16); a potential rounded to bf16 alone would add ~10x more.
+
+Edges: :math:`N_q = 0` gives an empty output and :math:`N_k = 0` zeros, as SDPA.
 
 Implementations
 ---------------
-:func:`adversarial_attention` validates its inputs, then chooses one of three
-paths that compute the same :math:`PV` (to ~1e-6 in float32):
+:func:`adversarial_attention` validates its inputs, then takes one of the paths
+of :mod:`asag_core.sinkhorn_paths` (:func:`attention_path` says which; the rule
+is :func:`asag_core.sinkhorn_paths.choose`), which compute the same :math:`PV`:
 
 - dense (this module): the whole (B, H, Nq, Nk) logits, about
-  ``_DENSE_PEAK_TEMPORARIES`` such tensors at its peak; taken when that peak
-  fits ``memory_budget_bytes`` and no ``chunk_size`` is given;
-- fused (:mod:`asag_core.sinkhorn_fused`): on CPU (float32/64, value dim =
-  head dim) each half-step is one call of PyTorch's fused flash-attention
-  kernel, ``2 * iterations + 1`` calls in O(N) extra memory; if the kernel
-  raises, the portable path takes over for the rest of the process;
+  ``DENSE_PEAK_TEMPORARIES`` such tensors at its peak; only for tiny calls;
+- kernel (:mod:`asag_core.sinkhorn_kernel`): CUDA and meta, one fused attention
+  kernel call with log-sum-exp per half-step, potentials folded into the keys;
+- blocked (:mod:`asag_core.sinkhorn_blocked`): CPU, blocks of rows whose
+  exponentials serve the row and the column update of an iteration at once;
+- fused (:mod:`asag_core.sinkhorn_fused`): CPU, one call of PyTorch's fused
+  flash-attention kernel per half-step; if the kernel raises, the portable path
+  takes over for the rest of the process;
 - portable (:mod:`asag_core.sinkhorn_chunked`): log-sum-exp passes over blocks
   of query rows, then SDPA block by block, on any device.
 
-The two memory-bounded paths use the column potentials :math:`g` as an
-additive key bias, :math:`\operatorname{softmax}_j(L_{ij} + g_j)\,V = PV`, and
-never materialise a full :math:`N_q \times N_k` matrix of a head (a mask is
-thresholded ``chunk_size`` rows at a time). Log-domain pieces they share are in
+The memory-bounded paths use the column potentials :math:`g` as an additive key
+bias, :math:`\operatorname{softmax}_j(L_{ij} + g_j)\,V = PV`, and never
+materialise a full :math:`N_q \times N_k` matrix of a head (a mask is
+thresholded a block of rows at a time). Log-domain pieces they share are in
 :mod:`asag_core.sinkhorn_common`.
 
 References
@@ -141,7 +160,7 @@ from __future__ import annotations
 
 import torch
 
-from . import sinkhorn_chunked, sinkhorn_fused
+from . import sinkhorn_blocked, sinkhorn_chunked, sinkhorn_fused, sinkhorn_kernel
 from .sinkhorn_checks import (
     COSTS,
     check_attention_args,
@@ -157,19 +176,18 @@ from .sinkhorn_checks import (
 )
 from .sinkhorn_common import (
     MASK_THRESHOLD,
+    additive,
     admissible,
     empty_to_zero,
     log_ratio,
     logits_of,
+    mask_4d,
     mask_bias,
     zero_masked_rows,
 )
+from .sinkhorn_paths import DEFAULT_MEMORY_BUDGET_BYTES, DENSE_PEAK_TEMPORARIES, choose
 
-#: Dense logits above this many bytes switch to a memory-bounded path.
-DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
-# the dense path's peak holds about four logits-sized temporaries (logits, logits + g,
-# the lse workspace, the plan), so that is what the budget is compared with
-_DENSE_PEAK_TEMPORARIES = 4
+_DENSE_PEAK_TEMPORARIES = DENSE_PEAK_TEMPORARIES
 
 __all__ = [
     "COSTS",
@@ -177,6 +195,7 @@ __all__ = [
     "MASK_THRESHOLD",
     "sinkhorn_plan",
     "adversarial_attention",
+    "attention_path",
     "logit_sign",
 ]
 
@@ -249,7 +268,7 @@ def _dense_attention(q, k, v, multiplier, bias, iterations) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 
 def _auto_chunk_rows(bh: int, nk: int, budget: int) -> int:
-    # each chunk holds about three (rows x Nk) float32 temporaries per head
+    # the fused and portable paths: each chunk holds about three (rows x Nk) float32 temporaries per head
     per_row = max(1, bh * nk * 4 * 3)
     return max(1, budget // per_row)
 
@@ -258,22 +277,29 @@ def _with_input_nans(out, q, k, v, iterations) -> torch.Tensor:
     """``out`` (in place) with NaN where the definition puts it for NaN in q, k or v (module docstring, "NaN").
 
     0 * (sum of a line) is 0, or NaN when the line holds a NaN (or an inf): one reduction per
-    input and an add of a (B, H, Nq|1, Dv) term, so cheap next to the attention itself.
+    input and an add of a (B, H, Nq|1, Dv) term, so cheap next to the attention itself. The sums
+    are float32 (a half-precision sum could overflow); k and v may have fewer (grouped) heads.
     """
-    q_rows = q.sum(dim=-1, keepdim=True)  # (B, H, Nq, 1)
+    heads = q.shape[1]
+    q_rows = q.sum(dim=-1, keepdim=True, dtype=torch.float32)  # (B, H, Nq, 1)
     if iterations > 0:  # the column potentials couple all rows of a head
         q_rows = q_rows.sum(dim=-2, keepdim=True)
-    k_head = k.sum(dim=(-2, -1), keepdim=True)  # (B, H, 1, 1)
-    v_cols = v.sum(dim=-2, keepdim=True)  # (B, H, 1, Dv)
+    k_head = repeat_kv(k.sum(dim=(-2, -1), keepdim=True, dtype=torch.float32), heads)  # (B, H, 1, 1)
+    v_cols = repeat_kv(v.sum(dim=-2, keepdim=True, dtype=torch.float32), heads)  # (B, H, 1, Dv)
     return out.add_(q_rows * 0.0 + k_head * 0.0 + v_cols * 0.0)
 
 
-def _run_path(q, k, v, multiplier, bias, iterations, chunk_size, budget) -> torch.Tensor:
-    b, h, nq, _ = q.shape
+def _run_path(path, q, k, v, multiplier, bias, iterations, chunk_size, budget) -> torch.Tensor:
+    """One of the work-dtype paths (dense, blocked, fused, portable) on (B, H, N, D) q, k, v."""
+    b, h, nq, d = q.shape
     nk = k.shape[2]
-    if chunk_size is None and _DENSE_PEAK_TEMPORARIES * b * h * nq * nk * 4 <= budget:
+    if path == "dense":
         return _dense_attention(q, k, v, multiplier, bias, iterations)
-    if sinkhorn_fused.usable(q, v):
+    if path == "blocked":  # a chunk_size asks for blocks of that many rows only: no logits cache
+        rows, cache = (chunk_size, 0) if chunk_size else (sinkhorn_blocked.DEFAULT_ROWS, None)
+        geometry = sinkhorn_blocked.geometry(h, nq, nk, rows, q.element_size(), budget, cache)
+        return sinkhorn_blocked.attention(q, k, v, multiplier, bias, iterations, *geometry)
+    if path == "fused" and sinkhorn_fused.usable(q, v):
         rows = chunk_size or _auto_chunk_rows(b * h, max(nq, nk), budget)
         try:
             return sinkhorn_fused.attention(q, k, v, multiplier, bias, iterations, rows)
@@ -281,6 +307,70 @@ def _run_path(q, k, v, multiplier, bias, iterations, chunk_size, budget) -> torc
             sinkhorn_fused.disable(err)
     rows = chunk_size or _auto_chunk_rows(b * h, nk, budget)
     return sinkhorn_chunked.attention(q, k, v, multiplier, bias, iterations, rows)
+
+
+def _work_attention(path, q, k, v, multiplier, mask, iterations, chunk_size, budget):
+    """The CPU paths: float32 (float64) copies, kv heads repeated, the mask as a bias; then NaN and empty rows."""
+    work = work_dtype(q)
+    qw, kw, vw = (t.to(work) for t in (q, k, v))
+    heads = q.shape[1]
+    kw, vw = repeat_kv(kw, heads), repeat_kv(vw, heads)
+    bias = None if mask is None else additive(mask, work)
+    out = _run_path(path, qw, kw, vw, multiplier, bias, iterations, chunk_size, budget)
+    out = zero_masked_rows(_with_input_nans(out, qw, kw, vw, iterations), admissible(bias, -1))
+    return out.to(q.dtype)
+
+
+def _kernel_attention(q, k, v, multiplier, mask, iterations, chunk_size):
+    """The kernel path (CUDA, meta): inputs in their own dtype, kv heads grouped inside."""
+    rows = chunk_size or sinkhorn_kernel.mask_rows(q, k, mask)
+    try:
+        out = sinkhorn_kernel.attention(q, k, v, multiplier, mask, iterations, rows)
+    except sinkhorn_kernel.KernelFailed as err:
+        sinkhorn_kernel.disable(err)
+        return None
+    return zero_masked_rows(_with_input_nans(out, q, k, v, iterations), admissible(mask, -1))
+
+
+def _layout(q, k, v, heads, mask, skip_reshape, enable_gqa):
+    """(B, H, N, D) views of q, k, v (kv heads as given), the 4-D mask, and the call's shapes."""
+    qh, kh, vh = to_heads(q, k, v, heads, skip_reshape, enable_gqa)
+    check_qkv(qh, kh, vh, enable_gqa)
+    b, h, nq, d = qh.shape
+    mask = mask_4d(mask, (b, h, nq, kh.shape[2]), q.device)
+    return qh, kh, vh, mask, (b, h, nq, kh.shape[2], d, vh.shape[-1])
+
+
+def _check_call(q, k, v, heads, iterations, lam, cost, chunk_size, skip_reshape, scale, enable_gqa):
+    check_params(iterations, lam, cost)
+    check_attention_args(q, k, v, heads, chunk_size, skip_reshape)
+    check_scale(scale)
+    check_gqa(enable_gqa)
+
+
+def attention_path(
+    q,
+    k,
+    v,
+    heads,
+    *,
+    iterations=2,
+    lam=1.0,
+    cost="adversarial",
+    mask=None,
+    skip_reshape=False,
+    skip_output_reshape=False,
+    chunk_size=None,
+    memory_budget_bytes=DEFAULT_MEMORY_BUDGET_BYTES,
+    scale=None,
+    enable_gqa=False,
+) -> str:
+    """The path :func:`adversarial_attention` takes for these arguments: one of
+    :data:`asag_core.sinkhorn_paths.PATHS` ("empty", "dense", "kernel", "blocked", "fused",
+    "portable"). Validates like the call itself; computes nothing."""
+    _check_call(q, k, v, heads, iterations, lam, cost, chunk_size, skip_reshape, scale, enable_gqa)
+    shapes = _layout(q, k, v, heads, mask, skip_reshape, enable_gqa)[-1]
+    return choose(q.device, q.dtype, *shapes, chunk_size, memory_budget_bytes)
 
 
 def adversarial_attention(
@@ -305,8 +395,9 @@ def adversarial_attention(
     A drop-in for ComfyUI's ``optimized_attention``: q, k, v are (B, N, H*D)
     unless ``skip_reshape`` (then (B, H, N, D)); the output is (B, Nq, H*D)
     unless ``skip_output_reshape`` (then (B, H, Nq, D)). ``heads`` is the query
-    head count. Computation is float32 (float64 for float64 inputs) and the
-    result has the dtype of ``q``.
+    head count. The result has the dtype of ``q``; the computation is float32
+    (float64 for float64 inputs) except on the kernel path (CUDA), which keeps
+    the inputs' dtype as attention kernels do (module docstring, "Numerics").
 
     ``scale`` and ``enable_gqa`` mean what they mean for
     :func:`torch.nn.functional.scaled_dot_product_attention`: the logit scale
@@ -316,23 +407,24 @@ def adversarial_attention(
     q's inner size / ``heads`` and k's and v's head count their inner size / D
     (v's / its own head dim, the same count).
 
-    ``chunk_size`` (query rows per block) forces a memory-bounded path; by
-    default one is taken when the dense path's peak would exceed
-    ``memory_budget_bytes``. All paths agree to ~1e-6 in float32.
-    Fully masked query rows give zero output.
+    The path is :func:`attention_path`'s: ``chunk_size`` (query rows per block)
+    forces a memory-bounded path; ``memory_budget_bytes`` bounds the dense path's
+    peak and the bounded paths' buffers. Paths agree to ~1e-6 for unit-scale
+    logits in float32 and to float32 conditioning beyond (module docstring,
+    "Precision"). Fully masked query rows give zero output; Nq = 0 or Nk = 0
+    give SDPA's empty or zero output.
     """
-    check_params(iterations, lam, cost)
-    check_attention_args(q, k, v, heads, chunk_size, skip_reshape)
-    check_scale(scale)
-    check_gqa(enable_gqa)
-    work = work_dtype(q)
-    qh, kh, vh = (t.to(work) for t in to_heads(q, k, v, heads, skip_reshape, enable_gqa))
-    check_qkv(qh, kh, vh, enable_gqa)
-    b, h, nq, d = qh.shape
-    kh, vh = repeat_kv(kh, h), repeat_kv(vh, h)
-    bias = mask_bias(mask, (b, h, nq, kh.shape[2]), q.device, work)
-
+    _check_call(q, k, v, heads, iterations, lam, cost, chunk_size, skip_reshape, scale, enable_gqa)
+    qh, kh, vh, mask4, shapes = _layout(q, k, v, heads, mask, skip_reshape, enable_gqa)
+    b, h, nq, nk, d, dv = shapes
+    path = choose(q.device, q.dtype, *shapes, chunk_size, memory_budget_bytes)
     multiplier = logit_multiplier(cost, lam, scale, d)
-    out = _run_path(qh, kh, vh, multiplier, bias, iterations, chunk_size, memory_budget_bytes)
-    out = zero_masked_rows(_with_input_nans(out, qh, kh, vh, iterations), admissible(bias, -1)).to(q.dtype)
+    out = None
+    if path == "empty":
+        out = q.new_zeros((b, h, nq, dv))
+    elif path == "kernel":
+        out = _kernel_attention(qh, kh, vh, multiplier, mask4, iterations, chunk_size)
+        path = "portable" if out is None else path
+    if out is None:
+        out = _work_attention(path, qh, kh, vh, multiplier, mask4, iterations, chunk_size, memory_budget_bytes)
     return out if skip_output_reshape else out.transpose(1, 2).reshape(b, nq, -1)

@@ -26,15 +26,13 @@ import torch
 #: An additive mask value at or below this marks a masked pair (zero plan mass),
 #: exactly like ``-inf`` or ``False``. See "Masks" in :mod:`asag_core.sinkhorn`.
 MASK_THRESHOLD = -1000.0
+# mask elements tested at a time by admissible()
+_ADMISSIBLE_BLOCK = 1 << 24
 
 
-def mask_bias(mask, shape, device, dtype) -> Optional[torch.Tensor]:
-    """``mask`` as an additive bias of ``dtype`` broadcastable to ``shape`` = (B, H, Nq, Nk).
-
-    Boolean masks become 0 / -inf. Float masks are converted, not thresholded:
-    :func:`masked_bias` does that on the block about to be used, so a bounded path
-    never holds a thresholded copy of a full (Nq, Nk) mask.
-    """
+def mask_4d(mask, shape, device) -> Optional[torch.Tensor]:
+    """``mask`` checked and viewed as 4-D, broadcastable to ``shape`` = (B, H, Nq, Nk), on ``device``;
+    its dtype is kept (a bool mask stays bool: True = attend)."""
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
@@ -53,9 +51,26 @@ def mask_bias(mask, shape, device, dtype) -> Optional[torch.Tensor]:
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} does not broadcast to the attention shape {tuple(shape)}"
         ) from None
-    mask = mask.to(device)
+    return mask.to(device)
+
+
+def mask_bias(mask, shape, device, dtype) -> Optional[torch.Tensor]:
+    """``mask`` as an additive bias of ``dtype`` broadcastable to ``shape`` = (B, H, Nq, Nk).
+
+    Boolean masks become 0 / -inf. Float masks are converted, not thresholded:
+    :func:`masked_bias` does that on the block about to be used, so a bounded path
+    never holds a thresholded copy of a full (Nq, Nk) mask.
+    """
+    mask = mask_4d(mask, shape, device)
+    if mask is None:
+        return None
+    return additive(mask, dtype)
+
+
+def additive(mask: torch.Tensor, dtype) -> torch.Tensor:
+    """A bool mask (True = attend) as 0 / -inf of ``dtype``; a float mask converted to ``dtype``."""
     if mask.dtype == torch.bool:
-        bias = torch.zeros(mask.shape, dtype=dtype, device=device)
+        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
         return bias.masked_fill_(~mask, float("-inf"))
     return mask.to(dtype)
 
@@ -72,10 +87,26 @@ def masked_bias(bias: torch.Tensor, potential: Optional[torch.Tensor] = None) ->
 
 
 def admissible(bias: Optional[torch.Tensor], dim: int) -> Optional[torch.Tensor]:
-    """bool, reduced over ``dim`` (keepdim): lines with at least one unmasked pair; None if all have one."""
+    """bool, reduced over ``dim`` (-1: keys, -2: queries; keepdim): lines with at least one unmasked pair;
+    None if all have one. ``bias`` additive, or a bool mask (True = attend).
+
+    Taken over blocks of query rows, so no bool tensor of the mask's full size is made.
+    """
     if bias is None:
         return None
-    has_pair = (~(bias <= MASK_THRESHOLD)).any(dim=dim, keepdim=True)
+    nq = bias.shape[-2]
+    step = max(1, _ADMISSIBLE_BLOCK // max(1, bias[..., :1, :].numel()))
+    parts = []
+    for start in range(0, nq, step):
+        block = bias[..., start : start + step, :]
+        ok = block if block.dtype == torch.bool else ~(block <= MASK_THRESHOLD)
+        parts.append(ok.any(dim=dim, keepdim=True))
+    if dim in (-2, bias.ndim - 2):
+        has_pair = parts[0]
+        for part in parts[1:]:
+            has_pair = has_pair | part
+    else:
+        has_pair = torch.cat(parts, dim=-2)
     return None if bool(has_pair.all()) else has_pair
 
 

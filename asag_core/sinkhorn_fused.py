@@ -68,6 +68,11 @@ class KernelFailed(RuntimeError):
     """The fused CPU kernel raised; the caller should fall back to the portable path."""
 
 
+def available() -> bool:
+    """Whether the kernel exists in this PyTorch and has not failed."""
+    return _FLASH_CPU is not None
+
+
 def usable(q, v) -> bool:
     """Whether this path can run: the kernel exists (and has not failed), CPU, float32/64, Dv = D."""
     return (
@@ -86,16 +91,16 @@ def disable(error: BaseException) -> None:
     _FLASH_CPU = None
 
 
-def _kernel(a, b, value, mask):
+def _kernel(a, b, value, mask, scale=1.0):
     try:
-        return _FLASH_CPU(a, b, value, attn_mask=mask, scale=1.0)
+        return _FLASH_CPU(a, b, value, attn_mask=mask, scale=scale)
     except RuntimeError as err:
         raise KernelFailed(str(err)) from err
 
 
-def _flash_rows(a, b, value, bias, potential, rows, want_lse):
+def _flash_rows(a, b, value, bias, potential, rows, want_lse, scale=1.0):
     """Fused attention of queries ``a`` over keys ``b`` with logits
-    ``a.b + bias + potential`` (potential: (B, H, 1, Nb), or None for 0).
+    ``scale * a.b + bias + potential`` (potential: (B, H, 1, Nb), or None for 0).
 
     Returns ``(output, lse)``: output (B, H, Na, Dv) (None unless ``value`` is
     given) and the row log-sum-exp (B, H, Na, 1) (None unless ``want_lse``).
@@ -111,7 +116,7 @@ def _flash_rows(a, b, value, bias, potential, rows, want_lse):
         stop = min(na, start + step)
         mask = potential if bias is None else masked_bias(bias_rows(bias, start, stop), potential)
         mask = None if mask is None else mask.expand(bb, hh, stop - start, nb)
-        o, row_lse = _kernel(a[:, :, start:stop], b, v, mask)
+        o, row_lse = _kernel(a[:, :, start:stop], b, v, mask, scale)
         if out is not None:
             out[:, :, start:stop] = o
         if lse is not None:
@@ -131,6 +136,12 @@ def _potential(a, k, bias, iterations, rows):
         _, lse = _flash_rows(k, a, None, bias_t, f.transpose(-1, -2), rows, True)
         g = empty_to_zero(-lse + ratio).transpose(-1, -2)
     return g
+
+
+def output(a, k, v, bias, g, rows, scale=1.0):
+    """``softmax_j(scale * a.k + bias + g) V`` by the kernel, (B, H, Na, Dv): the output pass alone,
+    for another path's potentials ``g`` (B, H, 1, Nk) or None. Raises :class:`KernelFailed`."""
+    return _flash_rows(a, k, v, bias, g, rows, False, scale)[0]
 
 
 def attention(q, k, v, multiplier, bias, iterations, rows):

@@ -2,10 +2,11 @@
 
 References: torch.nn.functional.scaled_dot_product_attention, POT's
 ``ot.sinkhorn``, the mean of V, and the dense path (``sinkhorn_plan(q, k) @ v``)
-for the memory-bounded paths. The memory-bounded path has two implementations:
-"fused" (PyTorch's CPU flash-attention kernel, the default on CPU) and
-"portable" (plain matmul/logsumexp blocks, used on other devices); both are
-checked here, the portable one by hiding the kernel.
+for the memory-bounded paths. The memory-bounded path has three CPU implementations:
+"blocked" (the default on CPU), "fused" (PyTorch's CPU flash-attention kernel per
+half-step) and "portable" (plain matmul/logsumexp blocks, used on other devices); all
+are checked here, the fused one by hiding the blocked path, the portable one by
+hiding both. The kernel path (CUDA) has its own tests (test_sinkhorn_kernel.py).
 """
 
 import math
@@ -19,12 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import asag_core.sinkhorn as sk
+import asag_core.sinkhorn_blocked as blocked
 import asag_core.sinkhorn_chunked as chunked
 import asag_core.sinkhorn_fused as fused
+import asag_core.sinkhorn_paths as paths
 from asag_core import adversarial_attention, sinkhorn_plan
 from asag_core.sinkhorn import COSTS
 
-HUGE = 1 << 62  # memory budget that keeps everything on the dense path
+HUGE = 1 << 62  # memory budget that keeps the (small) calls here on the dense path
 
 
 def _randn(*shape, seed=0, dtype=torch.float32, scale=1.0):
@@ -51,9 +54,14 @@ def _attn(q, k, v, **kw):
     return adversarial_attention(q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True, **kw)
 
 
-@pytest.fixture(params=["fused", "portable"])
+@pytest.fixture(params=["blocked", "fused", "portable"])
 def chunked_impl(request, monkeypatch):
     """Runs a test with each implementation of the memory-bounded path."""
+    if request.param == "blocked":  # fail if another bounded path runs instead
+        monkeypatch.setattr(fused, "attention", None)
+        monkeypatch.setattr(chunked, "attention", None)
+    else:
+        _hide_blocked(monkeypatch)
     if request.param == "portable":
         monkeypatch.setattr(fused, "_FLASH_CPU", None)
     elif fused._FLASH_CPU is None:
@@ -61,6 +69,11 @@ def chunked_impl(request, monkeypatch):
     else:
         monkeypatch.setattr(fused, "disable", _fail_on_fallback)
     return request.param
+
+
+def _hide_blocked(monkeypatch):
+    """The CPU rule without the blocked path: the fused path, or the portable one without the kernel."""
+    monkeypatch.setattr(blocked, "usable", lambda device: False)
 
 
 def _fail_on_fallback(error):
@@ -236,9 +249,10 @@ def test_auto_path_switches_on_the_memory_budget(monkeypatch):
     assert calls == ["dense"]
 
 
-def test_cpu_takes_the_fused_kernel_path(monkeypatch):
+def test_the_fused_path_makes_one_kernel_call_per_half_step(monkeypatch):
     if fused._FLASH_CPU is None:
         pytest.skip("this PyTorch has no CPU flash-attention kernel")
+    _hide_blocked(monkeypatch)
     calls = []
     kernel = fused._FLASH_CPU
     monkeypatch.setattr(fused, "_FLASH_CPU", lambda *a, **kw: calls.append(a[0].shape) or kernel(*a, **kw))
@@ -260,6 +274,7 @@ def test_fused_path_keeps_a_key_padding_mask_a_broadcast_view(monkeypatch):
     # kernel call; only the column updates (queries as keys: the mask has a key axis there) go in blocks
     if fused._FLASH_CPU is None:
         pytest.skip("this PyTorch has no CPU flash-attention kernel")
+    _hide_blocked(monkeypatch)
     calls = _count_kernel_calls(monkeypatch)
     nq, nk, rows, it = 10, 7, 3, 2
     q, k, v = _qkv(2, 2, nq, nk, 4, seed=33)
@@ -274,6 +289,7 @@ def test_chunk_rows_follow_the_memory_budget(monkeypatch):
     # rows per block = budget // (three float32 (rows, N) temporaries per head), at least 1
     if fused._FLASH_CPU is None:
         pytest.skip("this PyTorch has no CPU flash-attention kernel")
+    _hide_blocked(monkeypatch)
     calls = _count_kernel_calls(monkeypatch)
     b, h, n = 1, 2, 12
     q, k, v = _qkv(b, h, n, n, 4, seed=34)
@@ -293,13 +309,15 @@ def _largest_allocation(fn) -> int:
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_chunked_path_never_allocates_the_logits(with_mask, chunked_impl):
+def test_chunked_path_never_allocates_the_logits(with_mask, chunked_impl, monkeypatch):
     b, h, n, d = 1, 8, 512, 8
     q, k, v = _qkv(b, h, n, n, d, seed=31)
     logits_bytes = b * h * n * n * 4
     mask = _bool_mask((n, n), seed=32) if with_mask else None
     kw = dict(iterations=1, mask=mask)
-    assert _largest_allocation(lambda: _attn(q, k, v, memory_budget_bytes=HUGE, **kw)) >= logits_bytes
+    with monkeypatch.context() as dense_for_any_size:  # the dense path, to see what holding the logits shows
+        dense_for_any_size.setattr(paths, "DENSE_MAX_ELEMENTS", HUGE)
+        assert _largest_allocation(lambda: _attn(q, k, v, memory_budget_bytes=HUGE, **kw)) >= logits_bytes
     largest = _largest_allocation(lambda: _attn(q, k, v, memory_budget_bytes=logits_bytes // 16, **kw))
     # without a mask: nothing near one head's logits; with one: at most the (Nq, Nk) float bias of the mask
     assert largest <= (n * n * 4 if with_mask else n * n * 4 // 4)

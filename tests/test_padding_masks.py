@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import asag_core.sinkhorn_blocked as blocked
 import asag_core.sinkhorn_chunked as chunked
 import asag_core.sinkhorn_fused as fused
 from asag_core import MASK_THRESHOLD, adversarial_attention, sinkhorn_plan
@@ -38,11 +39,17 @@ def _qkv(b, h, nq, nk, d, seed=0, dtype=torch.float32):
     )
 
 
-@pytest.fixture(params=["dense", "fused", "portable"])
+@pytest.fixture(params=["dense", "blocked", "fused", "portable"])
 def path(request, monkeypatch):
-    """adversarial_attention keyword arguments that select one path (the kernel hidden for "portable")."""
+    """adversarial_attention keyword arguments that select one path (the blocked path hidden for "fused",
+    it and the kernel for "portable")."""
     if request.param == "dense":
         return {"memory_budget_bytes": HUGE}
+    if request.param == "blocked":  # fail if another bounded path runs instead
+        monkeypatch.setattr(fused, "attention", None)
+        monkeypatch.setattr(chunked, "attention", None)
+        return {"chunk_size": 3}
+    monkeypatch.setattr(blocked, "usable", lambda device: False)
     if fused._FLASH_CPU is None:
         pytest.skip("this PyTorch has no CPU flash-attention kernel")
     if request.param == "portable":
@@ -236,10 +243,12 @@ def _largest_allocation(fn) -> int:
     return max(e.cpu_memory_usage for e in prof.function_events)
 
 
-@pytest.mark.parametrize("bounded", ["fused", "portable"])
+@pytest.mark.parametrize("bounded", ["blocked", "fused", "portable"])
 def test_finite_full_mask_costs_no_logits_sized_tensor(bounded, monkeypatch):
     if fused._FLASH_CPU is None:
         pytest.skip("this PyTorch has no CPU flash-attention kernel")
+    if bounded != "blocked":
+        monkeypatch.setattr(blocked, "usable", lambda device: False)
     if bounded == "portable":
         monkeypatch.setattr(fused, "_FLASH_CPU", None)
     n = 512
@@ -335,6 +344,7 @@ def test_a_failing_fused_kernel_falls_back_to_the_portable_path_once(monkeypatch
         calls.append(args[0].shape)
         raise RuntimeError("no kernel image for this CPU")
 
+    monkeypatch.setattr(blocked, "usable", lambda device: False)  # the fused path itself
     monkeypatch.setattr(fused, "_FLASH_CPU", broken)
     q, k, v = _qkv(2, 2, 9, 8, 4, seed=13)
     mask = _padding(2, 9, 8)
@@ -355,6 +365,7 @@ def test_a_failing_fused_kernel_falls_back_to_the_portable_path_once(monkeypatch
 def test_errors_that_are_not_the_kernels_are_not_swallowed(monkeypatch):
     if fused._FLASH_CPU is None:
         pytest.skip("this PyTorch has no CPU flash-attention kernel")
+    monkeypatch.setattr(blocked, "usable", lambda device: False)  # the fused path itself
     monkeypatch.setattr(fused, "_potential", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))
     q, k, v = _qkv(1, 2, 5, 5, 4, seed=14)
     with pytest.raises(RuntimeError, match="a bug"):

@@ -1,0 +1,282 @@
+r"""The ASAG attention on CUDA (and the meta device) as fused attention-kernel passes.
+
+Every half-step of :mod:`asag_core.sinkhorn` is an attention-like pass that
+needs only a log-sum-exp: with the logit multiplier :math:`c` and potentials,
+
+.. math::
+
+    f_i = -\operatorname{logsumexp}_j (c\,q_i k_j + g_j), \qquad
+    g_j = -\operatorname{logsumexp}_i (c\,q_i k_j + f_i) + \log(N_q/N_k),
+
+and the output is attention with the key bias :math:`g`. So each pass is one
+call of a fused attention kernel that returns its log-sum-exp (FlashAttention,
+Dao et al. 2022; PyTorch's ``_scaled_dot_product_flash_attention``, or
+``_scaled_dot_product_efficient_attention`` where a mask needs a bias): no
+:math:`N_q \times N_k` block of logits is written to memory, and the inputs stay
+in their own dtype (no float32 copy of q, k or v). ``2 * iterations + 1``
+kernel calls.
+
+Potentials folded into the keys. The flash kernel takes no bias, and a bf16
+bias would round :math:`g` to ~0.4 %. Instead every head gets
+:data:`EXTRA` more dimensions (then zeros up to a multiple of 8):
+
+.. math::
+
+    q'_i = [\,q_i,\ u, u, u\,], \qquad
+    k'_j = [\,\operatorname{sign}(c)\,k_j,\ t^{(1)}_j, t^{(2)}_j, t^{(3)}_j\,],
+    \qquad \sigma' = |c|,
+
+with :math:`t = g / (\sigma' u)` split into three numbers of the input dtype,
+:math:`t^{(1)} = \operatorname{rd}(t)`, :math:`t^{(2)} = \operatorname{rd}(t - t^{(1)})`,
+:math:`t^{(3)} = \operatorname{rd}(t - t^{(1)} - t^{(2)})` (so their sum carries about
+24 bits of :math:`t` even in bf16), and :math:`u` the power of two nearest
+:math:`1/\sigma'` (exact in every dtype). The kernel's :math:`\sigma'\,q'_i k'_j` is
+then :math:`c\,q_i k_j + g_j` up to float32 accumulation: the products of bf16
+numbers are exact in the kernel's float32 accumulator. The column pass is the
+transposed problem with the roles swapped (queries :math:`[\operatorname{sign}(c)k_j,
+u, u, u]`, keys :math:`[q_i, t(f)_i]`). Two head-padded buffers (and one for the
+values of the output pass) are written once; each pass rewrites only the three
+extra columns. The sign goes into the keys because flash kernels take their
+row maximum before scaling, so their scale must be positive. :math:`c = 0`
+(uniform plan) uses :math:`\sigma' = 1` and zero key parts.
+
+Masks. A key-padding mask (no query axis) is a key bias: it joins :math:`g` in
+the row passes (a masked key gets :math:`t^{(1)} = -\infty`) and shifts the
+column lse of its key. A mask with a query axis goes to the efficient kernel
+as its bias, in blocks of rows (columns, transposed, for the column pass) of
+at most :data:`BIAS_BYTES`, thresholded at
+:data:`~asag_core.sinkhorn_common.MASK_THRESHOLD` on the block. Lines without an
+admissible pair get potential 0 as on every path.
+
+Which kernel: the flash kernel for fp16/bf16 inputs without a query-axis mask,
+else the efficient one (also float32). On the meta device the same calls run
+(their meta registrations give shapes only), so the path's op count, bytes
+moved and temporaries can be counted without a GPU
+(``benchmarks/attention_accounting.py``). :data:`KERNELS` maps the two names to
+the kernel functions; a test may swap them for :func:`cpu_kernel` (PyTorch's CPU
+flash kernel, the same contract) to check the numbers on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from .sinkhorn_common import additive, admissible, empty_to_zero, log_ratio, masked_bias
+
+#: Extra head dimensions that carry a potential (three parts of the input dtype).
+EXTRA = 3
+#: Largest head dimension (after padding) the kernels take.
+MAX_HEAD_DIM = 256
+#: Bytes of one block of a query-axis mask handed to the efficient kernel.
+BIAS_BYTES = 256 << 20
+DEVICES = ("cuda", "meta")
+
+_LOG = logging.getLogger(__name__)
+_FAILED = None  # the error of a kernel call that raised: the path is off for the rest of the process
+
+
+class KernelFailed(RuntimeError):
+    """A kernel call raised; the caller falls back to the portable path."""
+
+
+def disable(error: BaseException) -> None:
+    """Stop using this path for the rest of the process (a kernel raised ``error``)."""
+    global _FAILED
+    if _FAILED is None:
+        _LOG.warning("ASAG: the fused attention kernel failed (%s); using the portable path from now on", error)
+    _FAILED = error
+
+
+def padded_dim(d: int, dv: int) -> int:
+    """Head size of the padded buffers: D + EXTRA (and Dv) rounded up to a multiple of 8."""
+    return (max(d + EXTRA, dv) + 7) // 8 * 8
+
+
+def usable(device, dtype, d: int, dv: int) -> bool:
+    """Whether this path runs: a CUDA (or meta) tensor of fp16/bf16/fp32 whose padded heads fit the kernels."""
+    return (
+        _FAILED is None
+        and device.type in DEVICES
+        and dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and padded_dim(d, dv) <= MAX_HEAD_DIM
+    )
+
+
+def _flash(q, k, v, bias, scale):
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+    return out, lse
+
+
+def _efficient(q, k, v, bias, scale):
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, 0.0, False, scale=scale)[
+        :2
+    ]
+    return out, lse[..., : q.shape[2]]  # the lse is padded to a multiple of 32 rows
+
+
+def cpu_kernel(q, k, v, bias, scale):
+    """The kernels' contract on CPU: ``(softmax(scale q k^T + bias) v, logsumexp)`` by PyTorch's CPU flash kernel."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias, scale=scale)
+
+
+#: kernel name -> function(q, k, v, bias or None, scale) -> (output, lse (B, H, Nq) float32)
+KERNELS = {"flash": _flash, "efficient": _efficient}
+
+
+def _call(name, q, k, v, bias, scale):
+    try:
+        return KERNELS[name](q, k, v, bias, scale)
+    except RuntimeError as err:
+        raise KernelFailed(f"{name}: {err}") from err
+
+
+def mask_rows(q, k, mask) -> int:
+    """Query rows per kernel call for a mask with a query axis: blocks of at most :data:`BIAS_BYTES`."""
+    if mask is None:
+        return q.shape[2]
+    heads = mask.shape[1] if mask.shape[1] > 1 else 1
+    return max(1, BIAS_BYTES // max(1, q.shape[0] * heads * max(q.shape[2], k.shape[2]) * q.element_size()))
+
+
+def kernel_name(dtype, row_mask: bool) -> str:
+    return "flash" if dtype in (torch.float16, torch.bfloat16) and not row_mask else "efficient"
+
+
+def _split(t: torch.Tensor, dtype):
+    """t (float32) as three ``dtype`` parts whose sum is t to ~24 bits; -inf stays in the first part."""
+    hi = t.to(dtype)
+    rest = torch.where(torch.isfinite(t), t - hi.float(), torch.zeros((), device=t.device))
+    mid = rest.to(dtype)
+    return hi, mid, (rest - mid.float()).to(dtype)
+
+
+class _Buffers:
+    """The padded query and key buffers and the parameters of the fold (module docstring)."""
+
+    def __init__(self, q, k, multiplier):
+        b, h, nq, d = q.shape
+        self.d, self.dtype = d, q.dtype
+        self.dp = padded_dim(d, 0)
+        self.scale = abs(multiplier) if multiplier != 0 else 1.0
+        self.u = 2.0 ** round(-math.log2(self.scale))
+        self.qb = q.new_zeros((b, h, nq, self.dp))
+        self.qb[..., :d] = q
+        self.kb = _heads_buffer(k, h, self.dp)
+        if multiplier < 0:
+            self.kb[..., :d].neg_()
+        elif multiplier == 0:
+            self.kb[..., :d].mul_(0)  # 0 * k: the uniform plan (NaN in k stays NaN, as on every path)
+
+    def set(self, buf, potential):
+        """The extra columns of ``buf``: u (potential None) or the three parts of potential / (scale u)."""
+        extra = buf[..., self.d : self.d + EXTRA]
+        if potential is None:
+            extra.fill_(self.u)
+            return
+        for i, part in enumerate(_split(potential / (self.scale * self.u), self.dtype)):
+            extra[..., i] = part
+
+
+def _heads_buffer(x, heads, width):
+    """(B, heads, N, width) zeros holding x (B, H_kv, N, D) in its first D columns, each kv head
+    repeated for its heads // H_kv query heads (SDPA's grouping), written without an expanded copy."""
+    b, hkv, n, d = x.shape
+    buf = x.new_zeros((b, heads, n, width))
+    buf.view(b, hkv, heads // hkv, n, width)[..., :d].copy_(x[:, :, None])
+    return buf
+
+
+def _bias_block(mask, rows, cols, transpose, dtype, rows_pad):
+    """The thresholded additive block mask[..., rows, cols] (transposed if asked) in ``dtype``, its last
+    dim padded in memory to a multiple of 16 elements (the efficient kernel's alignment)."""
+    block = mask[..., rows, cols]
+    block = block.transpose(-1, -2) if transpose else block
+    out = torch.empty(block.shape[:-1] + (rows_pad,), dtype=dtype, device=block.device)[..., : block.shape[-1]]
+    out.copy_(masked_bias(additive(block, dtype)))
+    return out
+
+
+def _lse_pass(queries, keys, values, mask, transpose, rows, scale, want_out=False):
+    """Row lse (B, H, Nq) float32 of ``scale * queries.keys``, plus the output if asked; a query-axis
+    ``mask`` (B|1, H|1, Nq, Nk) as a bias, ``rows`` query rows per call (its transpose for the column pass)."""
+    if mask is None:
+        out, lse = _call(kernel_name(queries.dtype, False), queries, keys, values, None, scale)
+        return lse, out
+    n = queries.shape[2]
+    lse = queries.new_empty(queries.shape[:3], dtype=torch.float32)
+    out = queries.new_empty(queries.shape[:3] + values.shape[-1:]) if want_out else None
+    pad = (keys.shape[2] + 15) // 16 * 16
+    b, h = queries.shape[:2]
+    for start in range(0, n, rows):
+        rs = slice(start, min(n, start + rows))
+        sel = (slice(None), rs) if transpose else (rs, slice(None))
+        bias = _bias_block(mask, *sel, transpose, queries.dtype, pad).expand(b, h, rs.stop - rs.start, -1)
+        o, block_lse = _call("efficient", queries[:, :, rs], keys, values, bias, scale)
+        lse[:, :, rs] = block_lse
+        if out is not None:
+            out[:, :, rs] = o
+    return lse, out
+
+
+def _key_bias(mask, b, h):
+    """A mask without query axis as a natural-unit float32 key bias (B, H|1, 1, Nk), or None."""
+    if mask is None or mask.shape[-2] != 1:
+        return None
+    return masked_bias(additive(mask, torch.float32))
+
+
+def _row_and_column_ok(mask):
+    return admissible(mask, -1), admissible(mask, -2)
+
+
+def attention(q, k, v, multiplier, mask, iterations, rows):
+    """``P V`` (B, H, Nq, Dv) in the input dtype, with ``2 * iterations + 1`` kernel calls.
+
+    ``q`` (B, H, Nq, D), ``k``/``v`` (B, H_kv, Nk, ·) in their own dtype (H a multiple of H_kv);
+    ``multiplier`` = sign * lam * logit scale; ``mask`` 4-D (bool or additive, broadcastable) or
+    None; ``rows`` query rows per kernel call where a mask has a query axis. Rows without an
+    admissible key are left to the caller to zero.
+    """
+    b, h, nq, _ = q.shape
+    nk, dv = k.shape[2], v.shape[-1]
+    buf = _Buffers(q, k, multiplier)
+    key_bias = _key_bias(mask, b, h)
+    row_mask = None if mask is None or key_bias is not None else mask
+    row_ok, col_ok = _row_and_column_ok(mask)
+    ratio = log_ratio(nq, nk)
+    g = None
+    for _ in range(iterations):
+        buf.set(buf.qb, None)
+        buf.set(buf.kb, _with(g, key_bias, h, nk, q.device))
+        lse, _ = _lse_pass(buf.qb, buf.kb, buf.kb, row_mask, False, rows, buf.scale)
+        f = _zero_where_not(empty_to_zero(-lse), row_ok, -1)
+        buf.set(buf.kb, None)
+        buf.set(buf.qb, f)
+        lse, _ = _lse_pass(buf.kb, buf.qb, buf.qb, row_mask, True, rows, buf.scale)
+        if key_bias is not None:  # a finite key bias shifts its column's lse (it cancels in the row passes)
+            lse = lse + key_bias[..., 0, :]
+        g = _zero_where_not(empty_to_zero(-lse + ratio), col_ok, -2)[:, :, None, :]
+    buf.set(buf.qb, None)
+    buf.set(buf.kb, _with(g, key_bias, h, nk, q.device))
+    values = _heads_buffer(v, h, buf.dp)
+    _, out = _lse_pass(buf.qb, buf.kb, values, row_mask, False, rows, buf.scale, want_out=True)
+    return out[..., :dv]
+
+
+def _with(g, key_bias, h, nk, device):
+    """The key-side potential of a row pass, (B, H, Nk) float32: g plus the key bias (None if both are)."""
+    if g is None and key_bias is None:
+        return None
+    total = key_bias if g is None else (g if key_bias is None else g + key_bias)
+    return total[:, :, 0, :].expand(total.shape[0], h, nk)
+
+
+def _zero_where_not(potential, ok, dim):
+    """``potential`` (B, H, N) with 0 on the lines that have no admissible pair (``ok`` reduced over ``dim``)."""
+    if ok is None:
+        return potential
+    ok = ok.squeeze(dim)
+    return torch.where(ok, potential, torch.zeros((), device=potential.device))
