@@ -2,6 +2,7 @@
 
 - ``patcher``: a ModelPatcher around a random-weight model built from a ComfyUI model config, with
   the host tests' own builder (``tests/tiny_models.py``: one place for how tiny models are made);
+  ``hold_batch_slot`` and ``with_extra_row``: the separate-pass and one-more-row references;
 - ``timed_sampler`` / ``sample_timed``: Euler through SamplerCustomAdvanced, each model call
   (one guided prediction) timed as (thread CPU seconds, wall seconds);
 - ``interleaved``: run variants in interleaved rounds after one warm-up round;
@@ -49,6 +50,21 @@ def hold_batch_slot(model):
     from sampling import hold_batch_slot as held
 
     return held(model)
+
+
+def with_extra_row(model):
+    """A clone whose batched call also computes one more copy of the cond rows and drops it:
+    what one more row in CFG's call costs the plain model (no ASAG), inputs and output included."""
+    import comfy.samplers
+
+    def one_more_row(args):
+        conds = list(args["conds"])
+        return comfy.samplers.calc_cond_batch(args["model"], conds + [conds[0]], args["input"], args["sigma"],
+                                              args["model_options"])[:-1]
+
+    held = model.clone()
+    held.set_model_sampler_calc_cond_batch_function(one_more_row)
+    return held
 
 
 # ---------------------------------------------------------------------------

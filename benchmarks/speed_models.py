@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .measure import hold_batch_slot, patcher, sample_timed
+from .measure import hold_batch_slot, patcher, sample_timed, with_extra_row
 
 VARIANTS = ("cfg", "pag", "asag", "node_separate", "guider", "guider_unshared")
 SCALING_VARIANTS = ("cfg", "pag", "asag", "node_separate")
@@ -99,21 +99,6 @@ def make_guider(host, variant, model, positive, negative, cfg):
         model = with_extra_row(model)
     (guider,) = ncs.CFGGuider().get_guider(model, positive, negative, cfg)
     return guider
-
-
-def with_extra_row(model):
-    """A clone whose batched call also computes one more copy of the cond rows and drops it:
-    what one more row in CFG's call costs the plain model (no ASAG), inputs and output included."""
-    import comfy.samplers
-
-    def one_more_row(args):
-        conds = list(args["conds"])
-        return comfy.samplers.calc_cond_batch(args["model"], conds + [conds[0]], args["input"], args["sigma"],
-                                              args["model_options"])[:-1]
-
-    held = model.clone()
-    held.set_model_sampler_calc_cond_batch_function(one_more_row)
-    return held
 
 
 def run(guider, model, family, size, steps, seed=0):
