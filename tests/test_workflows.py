@@ -67,6 +67,32 @@ def test_the_shipped_set():
     assert wc.shipped_files() == sorted(wc.WORKFLOW_FILES), "workflows/ holds exactly the documented workflows"
 
 
+def test_every_workflow_has_its_thumbnail():
+    """ComfyUI's template browser shows <name>.jpg beside <name>.json: one for each, nothing else."""
+    jpgs = sorted(f for f in wc.os.listdir(wc.WORKFLOWS_DIR) if f.endswith(".jpg"))
+    assert jpgs == sorted(wc.thumbnail_name(n) for n in wc.WORKFLOW_FILES)
+
+
+@pytest.mark.parametrize("name", wc.WORKFLOW_FILES)
+def test_thumbnail_is_a_small_jpeg(name):
+    _fail(wc.check_thumbnail(name))
+
+
+def test_jpeg_reader_agrees_with_pillow():
+    """wc.jpeg_size (no Pillow needed in the static tests) against Pillow, and a PNG is refused."""
+    image_module = pytest.importorskip("PIL.Image")
+    for name in wc.WORKFLOW_FILES:
+        path = wc.os.path.join(wc.WORKFLOWS_DIR, wc.thumbnail_name(name))
+        with open(path, "rb") as f:
+            data = f.read()
+        with image_module.open(path) as image:
+            assert image.format == "JPEG" and wc.jpeg_size(data) == image.size, name
+    with pytest.raises(ValueError, match="no JPEG"):
+        wc.jpeg_size(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(ValueError):
+        wc.jpeg_size(data[: len(data) // 2])  # cut short: no end marker
+
+
 @pytest.mark.parametrize("name", wc.WORKFLOW_FILES)
 def test_structure_and_links(name, workflows):
     wf = workflows[name]
@@ -135,10 +161,12 @@ def test_every_sampler_is_saved_and_asag_is_used(name, workflows):
     for node in wf["nodes"]:
         if node["type"] in wc.OURS:
             assert node["outputs"][0].get("links"), f"{name}: {node['type']} {node['id']} output is unused"
-    prefixes = [wc.widget(n, "filename_prefix") for n in wc.nodes_of(wf, "SaveImage")]
-    assert len(prefixes) == len(set(prefixes)), f"{name}: SaveImage prefixes repeat: {prefixes}"
-    if len(samplers) > 1:
-        seeds = {wc.seed_of(wf, s) for s in samplers}
+    prefixes = [wc.widget(n, "filename_prefix") for n in wf["nodes"] if n["type"] in wc.SAVERS]
+    assert len(prefixes) == len(set(prefixes)), f"{name}: save prefixes repeat: {prefixes}"
+    noisy = [s for s in samplers if wc.adds_noise(s)]
+    assert noisy, f"{name}: no sampler draws the starting noise"
+    if len(noisy) > 1:
+        seeds = {wc.seed_of(wf, s) for s in noisy}
         assert len(seeds) == 1, f"{name}: the samplers do not share one seed: {seeds}"
 
 

@@ -11,12 +11,38 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
+
+from tests.workflow_graph import (  # noqa: F401  (the tests read them as wc.<name>)
+    CONTROL_AFTER,
+    DECODERS,
+    SAMPLERS,
+    SAVERS,
+    _links,
+    _nodes,
+    adds_noise,
+    consumers,
+    graph_summary,
+    nodes_of,
+    reaches_save,
+    seed_of,
+    source,
+    strip_nulls,
+    summary_diff,
+    upstream,
+    widget,
+)
+from tests.workflow_models import (  # noqa: F401
+    LOADER_FOLDERS,
+    MODEL_FILE_RE,
+    MODEL_FILES,
+    MODEL_SOURCES,
+    check_models,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS_DIR = os.path.join(ROOT, "workflows")
 
-WORKFLOW_FILES = (
+IMAGE_WORKFLOW_FILES = (
     "sd15_asag.json",
     "sdxl_asag.json",
     "sdxl_asag_guider.json",
@@ -27,72 +53,14 @@ WORKFLOW_FILES = (
     "ipadapter_asag.json",
     "ablation_asag.json",
 )
-
-# Every model file a workflow (a loader widget, a download link or a Note) names: official release
-# file names and the ComfyUI models/ subfolder each goes into. README lists the same table.
-MODEL_FILES = {
-    "v1-5-pruned-emaonly-fp16.safetensors": "checkpoints",
-    "sd_xl_base_1.0.safetensors": "checkpoints",
-    "sd3.5_large.safetensors": "checkpoints",
-    "sd3.5_medium.safetensors": "checkpoints",
-    "clip_l.safetensors": "text_encoders",
-    "clip_g.safetensors": "text_encoders",
-    "t5xxl_fp16.safetensors": "text_encoders",
-    "flux1-dev.safetensors": "diffusion_models",
-    "ae.safetensors": "vae",
-    "control_v11p_sd15_canny_fp16.safetensors": "controlnet",
-    "control_v11p_sd15_canny.pth": "controlnet",
-    "ip-adapter-plus_sd15.safetensors": "ipadapter",
-    "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": "clip_vision",
-}
-
-# Where each file is published (the download links the workflows embed must be one of these).
-_HF = "https://huggingface.co/"
-MODEL_SOURCES = {
-    "v1-5-pruned-emaonly-fp16.safetensors": (
-        _HF + "Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",),
-    "sd_xl_base_1.0.safetensors": (
-        _HF + "stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",),
-    "sd3.5_large.safetensors": (
-        _HF + "stabilityai/stable-diffusion-3.5-large/resolve/main/sd3.5_large.safetensors",),
-    "sd3.5_medium.safetensors": (
-        _HF + "stabilityai/stable-diffusion-3.5-medium/resolve/main/sd3.5_medium.safetensors",),
-    "clip_l.safetensors": (
-        _HF + "stabilityai/stable-diffusion-3.5-large/resolve/main/text_encoders/clip_l.safetensors",
-        _HF + "comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
-    ),
-    "clip_g.safetensors": (
-        _HF + "stabilityai/stable-diffusion-3.5-large/resolve/main/text_encoders/clip_g.safetensors",),
-    "t5xxl_fp16.safetensors": (
-        _HF + "stabilityai/stable-diffusion-3.5-large/resolve/main/text_encoders/t5xxl_fp16.safetensors",
-        _HF + "comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors",
-    ),
-    "flux1-dev.safetensors": (_HF + "black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors",),
-    "ae.safetensors": (_HF + "black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors",),
-    "control_v11p_sd15_canny_fp16.safetensors": (
-        _HF + "comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11p_sd15_canny_fp16.safetensors",),
-    "control_v11p_sd15_canny.pth": (_HF + "lllyasviel/ControlNet-v1-1/resolve/main/control_v11p_sd15_canny.pth",),
-    "ip-adapter-plus_sd15.safetensors": (
-        _HF + "h94/IP-Adapter/resolve/main/models/ip-adapter-plus_sd15.safetensors",),
-    # published as models/image_encoder/model.safetensors; ComfyUI_IPAdapter_plus wants it renamed
-    "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": (
-        _HF + "h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors",),
-}
-
-# (loader node, widget) -> the models/ subfolder the file it names must live in
-LOADER_FOLDERS = {
-    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
-    ("UNETLoader", "unet_name"): "diffusion_models",
-    ("VAELoader", "vae_name"): "vae",
-    ("DualCLIPLoader", "clip_name1"): "text_encoders",
-    ("DualCLIPLoader", "clip_name2"): "text_encoders",
-    ("TripleCLIPLoader", "clip_name1"): "text_encoders",
-    ("TripleCLIPLoader", "clip_name2"): "text_encoders",
-    ("TripleCLIPLoader", "clip_name3"): "text_encoders",
-    ("ControlNetLoader", "control_net_name"): "controlnet",
-}
-
-MODEL_FILE_RE = re.compile(r"[\w./\-]+\.(?:safetensors|sft|ckpt|pth|pt|bin|gguf)\b")
+VIDEO_WORKFLOW_FILES = (
+    "wan22_14b_t2v_asag.json",
+    "wan22_14b_t2v_4step_asag.json",
+    "wan22_5b_ti2v_asag.json",
+    "ltxv_t2v_asag.json",
+    "hunyuan_video_t2v_asag.json",
+)
+WORKFLOW_FILES = IMAGE_WORKFLOW_FILES + VIDEO_WORKFLOW_FILES
 
 # Nodes that live only in the frontend (no Python class): type -> widget names
 FRONTEND_ONLY = {"Note": ("text",), "MarkdownNote": ("text",)}
@@ -108,6 +76,10 @@ EXPECTED_CORE = frozenset({
     "KarrasScheduler", "UNETLoader", "DualCLIPLoader", "TripleCLIPLoader", "VAELoader", "FluxGuidance",
     "EmptySD3LatentImage", "ModelSamplingSD3", "ConditioningZeroOut", "LoadImage", "Canny", "ControlNetLoader",
     "ControlNetApplyAdvanced",
+    # the video workflows
+    "CLIPLoader", "LoraLoaderModelOnly", "KSamplerAdvanced", "EmptyHunyuanLatentVideo", "CreateVideo", "SaveVideo",
+    "Wan22ImageToVideoLatent", "LTXVConditioning", "LTXVScheduler", "EmptyLTXVLatentVideo", "SamplerCustom",
+    "BasicGuider", "VAEDecodeTiled",
 })
 
 # cubiq/ComfyUI_IPAdapter_plus, allowed only in ipadapter_asag.json (IPAdapterPlus.py at 9d076a3:
@@ -181,7 +153,6 @@ OUR_NODES = {
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
-SAMPLERS = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced")
 TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
 
 
@@ -192,6 +163,59 @@ def load(name: str) -> dict:
 
 def shipped_files() -> list[str]:
     return sorted(f for f in os.listdir(WORKFLOWS_DIR) if f.endswith(".json"))
+
+
+# ----------------------------------------------------------------------------------------------- thumbnails
+
+# ComfyUI's template browser shows <name>.jpg beside <name>.json (tests/thumbnails.py makes them)
+THUMBNAIL_MAX_BYTES = 150_000
+THUMBNAIL_MIN_BYTES = 10_000  # a graph picture at THUMBNAIL_MIN_WIDTH is far above this; a blank one is not
+THUMBNAIL_MIN_WIDTH = 640
+
+
+def thumbnail_name(workflow_file: str) -> str:
+    return workflow_file[:-len(".json")] + ".jpg"
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a baseline or progressive JPEG's frame header; ValueError if ``data`` is not
+    a whole JPEG (start and end markers, a frame header before the scan)."""
+    if data[:3] != b"\xff\xd8\xff" or data[-2:] != b"\xff\xd9":
+        raise ValueError("no JPEG start/end marker")
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            raise ValueError(f"no marker at byte {i}")
+        marker = data[i + 1]
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):  # SOF0 baseline, SOF1 extended, SOF2 progressive
+            height = int.from_bytes(data[i + 5:i + 7], "big")
+            width = int.from_bytes(data[i + 7:i + 9], "big")
+            return width, height
+        if marker == 0xDA:  # start of scan before any frame header
+            break
+        i += 2 + length
+    raise ValueError("no frame header before the image data")
+
+
+def check_thumbnail(workflow_file: str) -> list[str]:
+    path = os.path.join(WORKFLOWS_DIR, thumbnail_name(workflow_file))
+    if not os.path.isfile(path):
+        return [f"{workflow_file}: no thumbnail {thumbnail_name(workflow_file)} (python -m tests.thumbnails)"]
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        width, height = jpeg_size(data)
+    except ValueError as e:
+        return [f"{thumbnail_name(workflow_file)} is not a JPEG: {e}"]
+    errors = []
+    if not THUMBNAIL_MIN_BYTES <= len(data) <= THUMBNAIL_MAX_BYTES:
+        errors.append(f"{thumbnail_name(workflow_file)}: {len(data)} bytes, not within "
+                      f"{THUMBNAIL_MIN_BYTES}-{THUMBNAIL_MAX_BYTES}")
+    if width < THUMBNAIL_MIN_WIDTH or not 0.4 <= height / width <= 1.0:
+        errors.append(f"{thumbnail_name(workflow_file)}: {width}x{height} (at least {THUMBNAIL_MIN_WIDTH} wide, "
+                      "landscape like the editor)")
+    return errors
 
 
 # ----------------------------------------------------------------------------------------------- schemas
@@ -269,14 +293,6 @@ def comparable(spec: Spec) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- checks
-
-def _links(wf):
-    return {link[0]: link for link in wf["links"]}
-
-
-def _nodes(wf):
-    return {node["id"]: node for node in wf["nodes"]}
-
 
 def check_structure(wf) -> list[str]:
     errors = []
@@ -421,39 +437,6 @@ def check_node_against_spec(node, spec: Spec) -> list[str]:
     return errors
 
 
-def check_models(wf) -> list[str]:
-    """Model files: official names (MODEL_FILES), in the right folder, with official download links."""
-    errors = []
-    for node in wf["nodes"]:
-        where = f"node {node['id']} ({node['type']})"
-        values = node.get("widgets_values") or []
-        strings = [v for v in values if isinstance(v, str)]
-        for text in strings:
-            for token in MODEL_FILE_RE.findall(text):
-                name = token.rsplit("/", 1)[-1]
-                if name not in MODEL_FILES:
-                    errors.append(f"{where}: names {name!r}, not an official file in MODEL_FILES")
-                    continue
-                parts = token.split("/")
-                folder = MODEL_FILES[name]
-                if len(parts) >= 3 and parts[-3] == "models" and parts[-2] != folder:
-                    errors.append(f"{where}: puts {name} in models/{parts[-2]}, it belongs in models/{folder}")
-        for (ntype, name_of_widget), folder in LOADER_FOLDERS.items():
-            if ntype == node["type"]:
-                name = widget(node, name_of_widget)
-                if MODEL_FILES.get(name) != folder:
-                    errors.append(f"{where}: {name_of_widget}={name!r} is not an official {folder}/ file")
-        for model in node.get("properties", {}).get("models", []):
-            name = model.get("name")
-            if MODEL_FILES.get(name) != model.get("directory"):
-                errors.append(f"{where}: download entry {name!r} -> {model.get('directory')!r} contradicts MODEL_FILES")
-            if model.get("url", "").split("?")[0] not in MODEL_SOURCES.get(name, ()):
-                errors.append(f"{where}: download link {model.get('url')!r} is not an official source of {name}")
-            if name not in values:
-                errors.append(f"{where}: download entry {name!r} is not what the node selects")
-    return errors
-
-
 def _rect(node):
     x, y = node["pos"]
     w, h = node["size"]
@@ -476,126 +459,3 @@ def check_layout(wf) -> list[str]:
             if overlaps and not inside:
                 errors.append(f"group {group['title']!r} cuts through node {nid}")
     return errors
-
-
-# ----------------------------------------------------------------------------------------------- graph helpers
-
-def nodes_of(wf, node_type):
-    return [n for n in wf["nodes"] if n["type"] == node_type]
-
-
-# widgets followed by a control_after_generate value in widgets_values (in the nodes the workflows use;
-# check_node_against_spec derives the same from the real definitions)
-CONTROL_AFTER = {("KSampler", "seed"), ("KSamplerAdvanced", "noise_seed"), ("RandomNoise", "noise_seed"),
-                 ("SamplerCustom", "noise_seed"), ("PrimitiveInt", "value")}
-
-
-def widget(node, name):
-    """The saved value of a node's widget, found through the node's widget inputs."""
-    values = list(node.get("widgets_values", []))
-    position = 0
-    for inp in node.get("inputs", []):
-        if "widget" not in inp:
-            continue
-        if inp["name"] == name:
-            return values[position]
-        position += 2 if (node["type"], inp["name"]) in CONTROL_AFTER else 1
-    raise KeyError(f"{node['type']} has no widget {name!r}")
-
-
-def source(wf, node, input_name):
-    """(node, output slot) feeding ``input_name`` of ``node``, or None."""
-    inp = next((i for i in node.get("inputs", []) if i["name"] == input_name), None)
-    if inp is None or inp.get("link") is None:
-        return None
-    link = _links(wf)[inp["link"]]
-    return _nodes(wf)[link[1]], link[2]
-
-
-def consumers(wf, node, slot=0):
-    """(node, input name) pairs fed by output ``slot`` of ``node``."""
-    nodes, links = _nodes(wf), _links(wf)
-    out = node.get("outputs", [])[slot]
-    result = []
-    for lid in out.get("links") or []:
-        link = links[lid]
-        dst = nodes[link[3]]
-        result.append((dst, dst["inputs"][link[4]]["name"]))
-    return result
-
-
-def seed_of(wf, sampler):
-    """What decides a sampler's seed: ('node', id) when linked, else ('value', n)."""
-    name = "noise_seed" if sampler["type"] == "RandomNoise" else "seed"
-    src = source(wf, sampler, name)
-    if src is not None:
-        return ("node", src[0]["id"])
-    return ("value", widget(sampler, name))
-
-
-def upstream(wf, node, input_name="model"):
-    """The chain of nodes feeding ``input_name`` (following each node's first input of that type)."""
-    chain = []
-    current = source(wf, node, input_name)
-    while current is not None:
-        chain.append(current[0])
-        model_inputs = [i["name"] for i in current[0].get("inputs", []) if i["type"] == "MODEL"]
-        current = source(wf, current[0], model_inputs[0]) if model_inputs else None
-    return chain
-
-
-def reaches_save(wf, sampler) -> bool:
-    """Does the sampler's first output go through a VAEDecode into a SaveImage?"""
-    for dst, _ in consumers(wf, sampler, 0):
-        if dst["type"] == "VAEDecode" and any(d["type"] == "SaveImage" for d, _ in consumers(wf, dst, 0)):
-            return True
-    return False
-
-
-def strip_nulls(wf):
-    """What this repository stores of a frontend serialisation: null slot fields dropped."""
-    for key in [k for k, v in wf.items() if v is None]:
-        del wf[key]
-    for node in wf["nodes"]:
-        for key in [k for k, v in node.items() if v is None]:
-            del node[key]
-        for slot in node.get("inputs", []) + node.get("outputs", []):
-            for key in [k for k, v in slot.items() if v is None and k not in ("link", "links")]:
-                del slot[key]
-    return wf
-
-
-def graph_summary(wf) -> dict:
-    """The parts of a workflow the frontend must keep unchanged when it loads and saves it again."""
-    nodes = {}
-    for n in wf["nodes"]:
-        nodes[n["id"]] = {
-            "type": n["type"],
-            "title": n.get("title"),
-            "pos": [round(v, 3) for v in n["pos"]],
-            "mode": n.get("mode", 0),
-            "widgets_values": n.get("widgets_values"),
-            "inputs": [(i["name"], i["type"], i.get("link"), (i.get("widget") or {}).get("name"))
-                       for i in n.get("inputs", [])],
-            "outputs": [(o["name"], o["type"], sorted(o.get("links") or [])) for o in n.get("outputs", [])],
-            "models": n.get("properties", {}).get("models"),
-        }
-    return {"nodes": nodes, "links": sorted(map(list, wf["links"])),
-            "groups": sorted((g["title"], tuple(g["bounding"])) for g in wf["groups"])}
-
-
-def summary_diff(saved: dict, shipped: dict) -> list[str]:
-    """Readable differences between two graph_summary() results."""
-    out = []
-    a, b = saved["nodes"], shipped["nodes"]
-    for nid in sorted(set(a) | set(b)):
-        if nid not in a or nid not in b:
-            out.append(f"node {nid}: only in {'the saved graph' if nid in a else 'the file'}")
-            continue
-        for key in b[nid]:
-            if a[nid].get(key) != b[nid][key]:
-                out.append(f"node {nid} ({b[nid]['type']}) {key}: saved {a[nid].get(key)!r}, file {b[nid][key]!r}")
-    for key in ("links", "groups"):
-        if saved[key] != shipped[key]:
-            out.append(f"{key}: saved {saved[key]!r}, file {shipped[key]!r}")
-    return out

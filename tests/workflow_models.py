@@ -1,0 +1,142 @@
+"""The model files the shipped workflows name: official release names, the ComfyUI ``models/``
+folder each goes in, where each is published, and the check of a workflow against them."""
+
+from __future__ import annotations
+
+import re
+
+from tests.workflow_graph import widget
+
+# Every model file a workflow (a loader widget, a download link or a Note) names: official release
+# file names and the ComfyUI models/ subfolder each goes into. README lists the same table.
+MODEL_FILES = {
+    "v1-5-pruned-emaonly-fp16.safetensors": "checkpoints",
+    "sd_xl_base_1.0.safetensors": "checkpoints",
+    "sd3.5_large.safetensors": "checkpoints",
+    "sd3.5_medium.safetensors": "checkpoints",
+    "clip_l.safetensors": "text_encoders",
+    "clip_g.safetensors": "text_encoders",
+    "t5xxl_fp16.safetensors": "text_encoders",
+    "flux1-dev.safetensors": "diffusion_models",
+    "ae.safetensors": "vae",
+    "control_v11p_sd15_canny_fp16.safetensors": "controlnet",
+    "control_v11p_sd15_canny.pth": "controlnet",
+    "ip-adapter-plus_sd15.safetensors": "ipadapter",
+    "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": "clip_vision",
+    "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": "diffusion_models",
+    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": "diffusion_models",
+    "wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors": "loras",
+    "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors": "loras",
+    "wan2.2_ti2v_5B_fp16.safetensors": "diffusion_models",
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "text_encoders",
+    "wan_2.1_vae.safetensors": "vae",
+    "wan2.2_vae.safetensors": "vae",
+    "ltx-video-2b-v0.9.safetensors": "checkpoints",
+    "hunyuan_video_t2v_720p_bf16.safetensors": "diffusion_models",
+    "llava_llama3_fp8_scaled.safetensors": "text_encoders",
+    "hunyuan_video_vae_bf16.safetensors": "vae",
+}
+
+# Where each file is published (the download links the workflows embed must be one of these).
+_HF = "https://huggingface.co/"
+# ComfyUI's repackaged video models, as its templates (Comfy-Org/workflow_templates) link them
+_WAN22 = _HF + "Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/"
+_WAN21 = _HF + "Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/"
+_HYV = _HF + "Comfy-Org/HunyuanVideo_repackaged/resolve/main/split_files/"
+MODEL_SOURCES = {
+    "v1-5-pruned-emaonly-fp16.safetensors": (
+        _HF + "Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",),
+    "sd_xl_base_1.0.safetensors": (
+        _HF + "stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",),
+    "sd3.5_large.safetensors": (
+        _HF + "stabilityai/stable-diffusion-3.5-large/resolve/main/sd3.5_large.safetensors",),
+    "sd3.5_medium.safetensors": (
+        _HF + "stabilityai/stable-diffusion-3.5-medium/resolve/main/sd3.5_medium.safetensors",),
+    "clip_l.safetensors": (
+        _HF + "stabilityai/stable-diffusion-3.5-large/resolve/main/text_encoders/clip_l.safetensors",
+        _HF + "comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
+    ),
+    "clip_g.safetensors": (
+        _HF + "stabilityai/stable-diffusion-3.5-large/resolve/main/text_encoders/clip_g.safetensors",),
+    "t5xxl_fp16.safetensors": (
+        _HF + "stabilityai/stable-diffusion-3.5-large/resolve/main/text_encoders/t5xxl_fp16.safetensors",
+        _HF + "comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors",
+    ),
+    "flux1-dev.safetensors": (_HF + "black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors",),
+    "ae.safetensors": (_HF + "black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors",),
+    "control_v11p_sd15_canny_fp16.safetensors": (
+        _HF + "comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11p_sd15_canny_fp16.safetensors",),
+    "control_v11p_sd15_canny.pth": (_HF + "lllyasviel/ControlNet-v1-1/resolve/main/control_v11p_sd15_canny.pth",),
+    "ip-adapter-plus_sd15.safetensors": (
+        _HF + "h94/IP-Adapter/resolve/main/models/ip-adapter-plus_sd15.safetensors",),
+    # published as models/image_encoder/model.safetensors; ComfyUI_IPAdapter_plus wants it renamed
+    "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": (
+        _HF + "h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors",),
+    "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": (
+        _WAN22 + "diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",),
+    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": (
+        _WAN22 + "diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",),
+    "wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors": (
+        _WAN22 + "loras/wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors",),
+    "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors": (
+        _WAN22 + "loras/wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors",),
+    "wan2.2_ti2v_5B_fp16.safetensors": (_WAN22 + "diffusion_models/wan2.2_ti2v_5B_fp16.safetensors",),
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": (_WAN21 + "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",),
+    "wan_2.1_vae.safetensors": (_WAN22 + "vae/wan_2.1_vae.safetensors",),
+    "wan2.2_vae.safetensors": (_WAN22 + "vae/wan2.2_vae.safetensors",),
+    "ltx-video-2b-v0.9.safetensors": (_HF + "Lightricks/LTX-Video/resolve/main/ltx-video-2b-v0.9.safetensors",),
+    "hunyuan_video_t2v_720p_bf16.safetensors": (
+        _HYV + "diffusion_models/hunyuan_video_t2v_720p_bf16.safetensors",),
+    "llava_llama3_fp8_scaled.safetensors": (_HYV + "text_encoders/llava_llama3_fp8_scaled.safetensors",),
+    "hunyuan_video_vae_bf16.safetensors": (_HYV + "vae/hunyuan_video_vae_bf16.safetensors",),
+}
+
+# (loader node, widget) -> the models/ subfolder the file it names must live in
+LOADER_FOLDERS = {
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("UNETLoader", "unet_name"): "diffusion_models",
+    ("VAELoader", "vae_name"): "vae",
+    ("CLIPLoader", "clip_name"): "text_encoders",
+    ("LoraLoaderModelOnly", "lora_name"): "loras",
+    ("DualCLIPLoader", "clip_name1"): "text_encoders",
+    ("DualCLIPLoader", "clip_name2"): "text_encoders",
+    ("TripleCLIPLoader", "clip_name1"): "text_encoders",
+    ("TripleCLIPLoader", "clip_name2"): "text_encoders",
+    ("TripleCLIPLoader", "clip_name3"): "text_encoders",
+    ("ControlNetLoader", "control_net_name"): "controlnet",
+}
+
+MODEL_FILE_RE = re.compile(r"[\w./\-]+\.(?:safetensors|sft|ckpt|pth|pt|bin|gguf)\b")
+
+
+def check_models(wf) -> list[str]:
+    """Model files: official names (MODEL_FILES), in the right folder, with official download links."""
+    errors = []
+    for node in wf["nodes"]:
+        where = f"node {node['id']} ({node['type']})"
+        values = node.get("widgets_values") or []
+        strings = [v for v in values if isinstance(v, str)]
+        for text in strings:
+            for token in MODEL_FILE_RE.findall(text):
+                name = token.rsplit("/", 1)[-1]
+                if name not in MODEL_FILES:
+                    errors.append(f"{where}: names {name!r}, not an official file in MODEL_FILES")
+                    continue
+                parts = token.split("/")
+                folder = MODEL_FILES[name]
+                if len(parts) >= 3 and parts[-3] == "models" and parts[-2] != folder:
+                    errors.append(f"{where}: puts {name} in models/{parts[-2]}, it belongs in models/{folder}")
+        for (ntype, name_of_widget), folder in LOADER_FOLDERS.items():
+            if ntype == node["type"]:
+                name = widget(node, name_of_widget)
+                if MODEL_FILES.get(name) != folder:
+                    errors.append(f"{where}: {name_of_widget}={name!r} is not an official {folder}/ file")
+        for model in node.get("properties", {}).get("models", []):
+            name = model.get("name")
+            if MODEL_FILES.get(name) != model.get("directory"):
+                errors.append(f"{where}: download entry {name!r} -> {model.get('directory')!r} contradicts MODEL_FILES")
+            if model.get("url", "").split("?")[0] not in MODEL_SOURCES.get(name, ()):
+                errors.append(f"{where}: download link {model.get('url')!r} is not an official source of {name}")
+            if name not in values:
+                errors.append(f"{where}: download entry {name!r} is not what the node selects")
+    return errors
