@@ -35,10 +35,12 @@ as the node resolves it; ``auto`` as ``asag_core.auto_layers`` picks it):
     on meta tensors of each call's q/k/v shape, with the node's defaults (``ASAGSettings()``)
     and the dtype of the model, under the same FLOP counter. This counts whatever asag_core
     does at run time. The analytic rule beside it: the Sinkhorn plan takes 2·iterations + 1
-    passes over QKᵀ (a row and a column normalisation per iteration, then the output); a pass
-    costs at most one attention (QKᵀ, plus PV where it is fused into an attention-like kernel),
-    and at least the QKᵀ of the logits once, plus PV once. So
-    ``1 <= sinkhorn_over_attention <= 2·iterations + 1`` (``analytic_passes``).
+    passes over QKᵀ (a row and a column normalisation per iteration, then the output). A pass
+    costs at least the logits' QKᵀ (with PV once for the output) and at most one attention whose
+    head dim carries the potentials (asag_core's kernel path, CUDA and meta: 3 extra head dims,
+    zero-padded to a multiple of 8, so at most D + 10). So ``1 <= sinkhorn_over_attention <=
+    (2·iterations + 1)·(D + 10)/D`` (``analytic_passes`` = 2·iterations + 1). Today's count is
+    exactly ``analytic_passes`` attentions at the padded head dim (D 128: 5·136/128 = 5.3125).
 
 Extra keys: ``roles`` (auto / first / middle / last / why a layer is listed), ``resolves_to``
 (what ``auto`` picks), ``perturbed_layers``, ``attention_calls``, ``attention_shapes``
@@ -122,44 +124,26 @@ def layer_choices(arch, catalog, resolve) -> dict:
 # counting
 # ---------------------------------------------------------------------------
 
-# above this many logits (batch x heads x q x k) one head is counted and multiplied by the heads
-WHOLE_CALL_LOGITS = 4 * 10**9
-
-
 class SinkhornCounter:
-    """FLOPs of the pack's Sinkhorn attention per q/k/v shape (counted once per shape).
-
-    Counting runs every op of asag_core on meta tensors; at video lengths today's blocked paths
-    dispatch tens of thousands of ops per call, which takes minutes. Heads are independent, so
-    beyond ``WHOLE_CALL_LOGITS`` one head is counted and multiplied by the head count, after
-    checking on the same shape that two heads count exactly twice one head (else the whole call
-    is counted). ``heads_counted`` records which was done."""
+    """FLOPs of the pack's Sinkhorn attention per q/k/v shape (counted once per shape, the whole
+    call: every head, on meta tensors)."""
 
     def __init__(self, host, dtype):
         core = pack_module(host, "asag_core")
         self.attention, self.settings, self.dtype = core.adversarial_attention, core.ASAGSettings(), dtype
-        self.cache, self.heads_counted, self.seconds = {}, {}, 0.0
-
-    def _count(self, b, h, nq, nk, d, dv):
-        q = torch.empty(b, h, nq, d, device=META, dtype=self.dtype)
-        k = torch.empty(b, h, nk, d, device=META, dtype=self.dtype)
-        v = torch.empty(b, h, nk, dv, device=META, dtype=self.dtype)
-        s = self.settings
-        return count_call(lambda: self.attention(q, k, v, h, iterations=s.iterations, lam=s.lam, cost=s.cost,
-                                                 skip_reshape=True, skip_output_reshape=True))
+        self.cache, self.seconds = {}, 0.0
 
     def __call__(self, shape) -> int:
         if shape not in self.cache:
             b, h, nq, nk, d, dv = shape
+            q = torch.empty(b, h, nq, d, device=META, dtype=self.dtype)
+            k = torch.empty(b, h, nk, d, device=META, dtype=self.dtype)
+            v = torch.empty(b, h, nk, dv, device=META, dtype=self.dtype)
+            s = self.settings
             start = time.perf_counter()
-            if b * h * nq * nk > WHOLE_CALL_LOGITS and h > 2:
-                one = self._count(b, 1, nq, nk, d, dv)
-                linear = self._count(b, 2, nq, nk, d, dv) == 2 * one
-                self.cache[shape] = one * h if linear else self._count(*shape)
-                self.heads_counted[shape] = 1 if linear else h
-            else:
-                self.cache[shape] = self._count(*shape)
-                self.heads_counted[shape] = h
+            self.cache[shape] = count_call(lambda: self.attention(
+                q, k, v, h, iterations=s.iterations, lam=s.lam, cost=s.cost, skip_reshape=True,
+                skip_output_reshape=True))
             self.seconds += time.perf_counter() - start
         return self.cache[shape]
 
@@ -185,7 +169,6 @@ def layer_entry(count, names, prefix_names, roles, sinkhorn, iterations):
         "roles": roles, "perturbed_layers": len(names), "attention_calls": len(calls),
         "attention_shapes": sorted({list(s).__repr__(): list(s) for s in calls}.values()),
         "sinkhorn_over_attention": _r(sk / attention) if attention else None,
-        "sinkhorn_heads_counted": sorted({sinkhorn.heads_counted[s] for s in calls}),
         "analytic_passes": 2 * iterations + 1,
         "sinkhorn_extra_share": _r((sk - attention) / count.total),
         "node_shares_prefix": bool(prefix_names), "node_after_share": node_after,

@@ -134,7 +134,9 @@ def test_sinkhorn_count_lies_within_its_analytic_bounds(table):
             assert attention > 0 and e["attention_calls"] >= e["perturbed_layers"], (key, spec)
             exact = sum(attention_flops(b, h, nq, nk, d, dv) for b, h, nq, nk, d, dv in e["attention_shapes"])
             assert exact / 1e12 <= attention + 1e-6, (key, spec)  # every listed shape occurs at least once
-            assert 1 - 1e-4 <= e["sinkhorn_over_attention"] <= e["analytic_passes"] + 1e-4, (key, spec)
+            head_dim = min(s[4] for s in e["attention_shapes"])  # the potentials' extra dims weigh most here
+            upper = e["analytic_passes"] * (head_dim + 10) / head_dim
+            assert 1 - 1e-4 <= e["sinkhorn_over_attention"] <= upper + 1e-4, (key, spec)
             assert sinkhorn == pytest.approx(e["sinkhorn_over_attention"] * attention, rel=1e-3, abs=2e-6)
 
 
