@@ -67,7 +67,9 @@ def cost_paragraph(table, key, specs, cfg1, two_experts) -> str:
     lines.append(f"ideal = {formula}, after_share = the share of a row's work from the perturbed block on (the "
                  "blocks before it are the same in the conditional and the adversarial row, so they need "
                  "computing only once).")
-    if not any(model["layers"][spec]["node_shares_prefix"] for spec, _ in specs):
+    if all(model["layers"][spec]["node_shares_prefix"] for spec, _ in specs):
+        lines.append("The node computes those blocks once today, for each layer above.")
+    elif not any(model["layers"][spec]["node_shares_prefix"] for spec, _ in specs):
         lines.append("Today the node runs the whole adversarial row on this model: one more model row per step.")
     if two_experts:
         lines.append("Guiding only the high-noise expert (half the steps), over the whole run:")
