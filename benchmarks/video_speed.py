@@ -30,7 +30,8 @@ the row from B on), ``block_share`` (B's own share), r = CFG's rows (2, or 1 at 
 - ``ideal_shared`` = 1 + after_share / r: ASAG if the adversarial row shared the prefix (the cost
   table's ``ideal_over_cfg`` / ``ideal_over_cfg1``);
 - ``ideal_node`` = 1 + node_after_share / r, node_after_share = 1 − the share of
-  ``shared_prefix.prefix_modules`` (these families share nothing today: a whole row, 1 + 1 / r);
+  ``shared_prefix.prefix_modules`` (the embedders are not shared; where the node shares nothing,
+  a whole row: 1 + 1 / r);
 - ``ideal_slg`` = 1 + (1 − block_share) / r: one row with block B skipped;
 - ``ideal_both`` = the sum of the two extra costs; ``cfg+row``'s ideal is 1 + 1 / r.
 
