@@ -29,6 +29,7 @@ from .sinkhorn import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     MASK_THRESHOLD,
     adversarial_attention,
+    attention_path,
     logit_sign,
     sinkhorn_plan,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "MASK_THRESHOLD",
     "UNetLayer",
     "adversarial_attention",
+    "attention_path",
     "apply_asag",
     "asag_term",
     "auto_layers",

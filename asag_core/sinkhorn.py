@@ -427,4 +427,4 @@ def adversarial_attention(
         path = "portable" if out is None else path
     if out is None:
         out = _work_attention(path, qh, kh, vh, multiplier, mask4, iterations, chunk_size, memory_budget_bytes)
-    return out if skip_output_reshape else out.transpose(1, 2).reshape(b, nq, -1)
+    return out if skip_output_reshape else out.transpose(1, 2).reshape(b, nq, h * dv)

@@ -107,6 +107,8 @@ def admissible(bias: Optional[torch.Tensor], dim: int) -> Optional[torch.Tensor]
             has_pair = has_pair | part
     else:
         has_pair = torch.cat(parts, dim=-2)
+    if has_pair.device.type == "meta":  # no values to look at: keep the test (a GPU would have run it)
+        return has_pair
     return None if bool(has_pair.all()) else has_pair
 
 

@@ -148,7 +148,7 @@ def kernel_name(dtype, row_mask: bool) -> str:
 def _split(t: torch.Tensor, dtype):
     """t (float32) as three ``dtype`` parts whose sum is t to ~24 bits; -inf stays in the first part."""
     hi = t.to(dtype)
-    rest = torch.where(torch.isfinite(t), t - hi.float(), torch.zeros((), device=t.device))
+    rest = (t - hi.float()).nan_to_num_(0.0, 0.0, 0.0)  # -inf - -inf: the masked key's other parts are 0
     mid = rest.to(dtype)
     return hi, mid, (rest - mid.float()).to(dtype)
 
