@@ -47,7 +47,7 @@ BAD_INPUTS = [
     ("ASAGAdvanced", {"layers": "x7"}, True, ["layers", "'x7'", GRAMMAR]),
     ("ASAGAdvanced", {"layers": "d0,,u1"}, True, ["layers", "empty item", GRAMMAR]),
     ("ASAGAdvanced", {"layers": "d0;u1"}, True, ["layers", "'d0;u1'", GRAMMAR]),
-    ("ASAGAdvanced", {"layers": "d3-d1"}, True, ["layers", "'d3-1'", "runs backwards"]),
+    ("ASAGAdvanced", {"layers": "d3-d1"}, True, ["layers", "'d3-d1'", "runs backwards"]),
     ("ASAGAdvanced", {"layers": "d5"}, True, ["layers", "'d5'", "SD15", SD15_LAYERS]),
     ("ASAGAdvanced", {"layers": "m0, u4"}, True, ["layers", "'u4'", SD15_LAYERS]),
     ("ASAGAdvanced", {"layers": "u0.3"}, True, ["layers", "transformer 3", SD15_LAYERS]),

@@ -1,5 +1,7 @@
-"""The shared prefix on the video DiTs and Qwen-Image (Wan, LTXV, HunyuanVideo, Qwen-Image): the blocks before the first perturbed one run without the adversarial rows, and the
-result equals the unshared batched call (see test_shared_prefix.py for the U-Nets, Flux and SD3)."""
+"""The shared prefix on the video DiTs and Qwen-Image (Wan, LTXV, HunyuanVideo, Qwen-Image).
+
+The blocks before the first perturbed one run without the adversarial rows, and the result equals
+the unshared batched call (see test_shared_prefix.py for the U-Nets, Flux and SD3)."""
 
 import pytest
 import sampling
