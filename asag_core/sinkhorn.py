@@ -135,8 +135,8 @@ is :func:`asag_core.sinkhorn_paths.choose`), which compute the same :math:`PV`:
   ``DENSE_PEAK_TEMPORARIES`` such tensors at its peak; only for tiny calls;
 - kernel (:mod:`asag_core.sinkhorn_kernel`): CUDA and meta, one fused attention
   kernel call with log-sum-exp per half-step, potentials folded into the keys;
-- blocked (:mod:`asag_core.sinkhorn_blocked`): CPU, blocks of rows whose
-  exponentials serve the row and the column update of an iteration at once;
+- blocked (:mod:`asag_core.sinkhorn_blocked`): CPU, blocks of rows whose row
+  softmax serves the row and the column update of an iteration at once;
 - fused (:mod:`asag_core.sinkhorn_fused`): CPU, one call of PyTorch's fused
   flash-attention kernel per half-step; if the kernel raises, the portable path
   takes over for the rest of the process;

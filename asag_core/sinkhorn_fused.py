@@ -108,12 +108,16 @@ def _flash_rows(a, b, value, bias, potential, rows, want_lse, scale=1.0):
     bb, hh, na, _ = a.shape
     nb = b.shape[2]
     v = b if value is None else value  # the kernel needs a value; unused when only the lse is wanted
+    if bias is None or bias.shape[-2] == 1:  # one call: the kernel's own tensors (no copy into fresh pages)
+        mask = potential if bias is None else masked_bias(bias, potential)
+        mask = None if mask is None else mask.expand(bb, hh, na, nb)
+        o, row_lse = _kernel(a, b, v, mask, scale)
+        return (None if value is None else o), (row_lse.unsqueeze(-1) if want_lse else None)
+    # a mask with a query axis is built ``rows`` rows at a time
     out = None if value is None else a.new_empty((bb, hh, na, v.shape[-1]))
     lse = a.new_empty((bb, hh, na, 1)) if want_lse else None
-    # a mask with a query axis is built ``rows`` rows at a time; anything else goes in as a broadcast view
-    step = rows if bias is not None and bias.shape[-2] > 1 else na
-    for start in range(0, na, step):
-        stop = min(na, start + step)
+    for start in range(0, na, rows):
+        stop = min(na, start + rows)
         mask = potential if bias is None else masked_bias(bias_rows(bias, start, stop), potential)
         mask = None if mask is None else mask.expand(bb, hh, stop - start, nb)
         o, row_lse = _kernel(a[:, :, start:stop], b, v, mask, scale)

@@ -12,7 +12,7 @@ Paths (see :mod:`asag_core.sinkhorn` for what each computes; they agree):
     CUDA and the meta device: each half-step one fused attention kernel that
     returns its log-sum-exp, inputs in their own dtype.
 ``"blocked"`` (:mod:`asag_core.sinkhorn_blocked`)
-    CPU: small blocks, one exponential per logit and pass, logits kept between
+    CPU: small blocks, one row softmax per block and pass, logits kept between
     passes where they fit a small cache; the fastest CPU path measured
     (``benchmarks/attention.py``).
 ``"fused"`` (:mod:`asag_core.sinkhorn_fused`)

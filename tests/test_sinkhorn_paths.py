@@ -253,8 +253,8 @@ def test_large_logits_every_path_errs_like_sdpa_in_float32(monkeypatch):
         assert error < 3 * sdpa_error, (name, error, sdpa_error)
 
 
-def test_log2e_base_change_is_exact_in_the_plan():
-    # base 2 with exp2 on the blocked path: the same plan as the natural-log dense path to rounding
+def test_blocked_softmax_blocks_give_the_plan():
+    # one row softmax per block serves both updates: the plan of sinkhorn_plan, to rounding
     q, k, v = _qkv(1, 1, 64, 64, 8, seed=11, scale=2.0)
     rows, group, cached = blocked.geometry(1, 64, 64, 16, 4, HUGE)
     out = blocked.attention(q, k, v, -1.0 / math.sqrt(8), None, 3, rows, group, cached)
