@@ -54,6 +54,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.measure import reset_peak_rss, status_bytes  # noqa: E402
+
 CASES = [(1024, 24, 128), (4608, 4, 128), (1024, 8, 64), (1024, 10, 64)]
 QUICK_CASES = [c for c in CASES if c[0] == 1024]
 TARGET_CASES = [(1024, 24, 128), (4608, 4, 128)]
@@ -69,29 +71,9 @@ TARGET_TIME = 2.5  # default path x SDPA at the target cases
 # ---------------------------------------------------------------------------
 
 
-def _status_bytes(field: str):
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _maxrss_bytes() -> int:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r if sys.platform == "darwin" else r * 1024
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _select(method):
@@ -122,12 +104,12 @@ def _make_call(method, q, k, v, iterations=ITERATIONS):
 
 
 def _first_call(call):
-    exact = _reset_peak()
-    base, base_max = _status_bytes("VmRSS") or _maxrss_bytes(), _maxrss_bytes()
+    exact = reset_peak_rss()
+    base, base_max = status_bytes("VmRSS") or _maxrss_bytes(), _maxrss_bytes()
     t0 = time.perf_counter()
     out = call()
     first = time.perf_counter() - t0
-    peak = _status_bytes("VmHWM") - base if exact else _maxrss_bytes() - max(base, base_max)
+    peak = status_bytes("VmHWM") - base if exact else _maxrss_bytes() - max(base, base_max)
     return out, first, int(peak), "VmHWM after clear_refs" if exact else "ru_maxrss"
 
 

@@ -154,12 +154,16 @@ class SinkhornTimer:
 # memory
 # ---------------------------------------------------------------------------
 
-def _vm(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
+def status_bytes(key):
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes; None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _trim_heap():
@@ -172,7 +176,8 @@ def _trim_heap():
         pass
 
 
-def _reset_peak_rss():
+def reset_peak_rss() -> bool:
+    """Trims the heap and resets the peak-RSS mark (Linux); False where the mark cannot be reset."""
     _trim_heap()
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -186,11 +191,11 @@ def _reset_peak_rss():
 def peak_rss():
     """Extra peak resident memory (bytes) of the block: VmHWM after, minus VmRSS at the reset."""
     result = {}
-    ok = _reset_peak_rss()
-    base = _vm("VmRSS")
+    ok = reset_peak_rss()
+    base = status_bytes("VmRSS")
     yield result
-    result["peak_rss_extra"] = (_vm("VmHWM") - base) if ok else None
-    result["peak_rss"] = _vm("VmHWM")
+    result["peak_rss_extra"] = (status_bytes("VmHWM") - base) if ok else None
+    result["peak_rss"] = status_bytes("VmHWM")
 
 
 @contextlib.contextmanager
