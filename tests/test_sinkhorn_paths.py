@@ -259,3 +259,25 @@ def test_blocked_softmax_blocks_give_the_plan():
     rows, group, cached = blocked.geometry(1, 64, 64, 16, 4, HUGE)
     out = blocked.attention(q, k, v, -1.0 / math.sqrt(8), None, 3, rows, group, cached)
     torch.testing.assert_close(out, sk.sinkhorn_plan(q, k, iterations=3) @ v, atol=2e-6, rtol=2e-6)
+
+
+# ---------------------------------------------------------------------------
+# video length (issue 18): Wan 2.1/2.2 at 480p x 81 frames is 32,760 tokens
+# ---------------------------------------------------------------------------
+
+
+def test_video_length_call_is_bounded_and_equals_the_fused_path(monkeypatch):
+    # one head of 32,760 tokens: its N x N logits would be 4 GiB in float32; the default (blocked)
+    # call allocates nothing near that and gives the fused kernel path's result
+    n = 32760
+    q, k, v = _qkv(1, 1, n, n, 16, seed=12)
+    assert _path(q, k, v) == "blocked"
+    with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as prof:
+        out = _attn(q, k, v)
+    largest = max(e.cpu_memory_usage for e in prof.function_events if not e.cpu_children)
+    assert largest <= 16 << 20, f"an allocation of {largest / 2**20:.0f} MiB"
+    with monkeypatch.context() as m:
+        m.setattr(blocked, "usable", lambda device: False)
+        assert _path(q, k, v) == "fused"
+        reference = _attn(q, k, v)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
