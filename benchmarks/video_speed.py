@@ -2,6 +2,14 @@
 
     python -m benchmarks.video_speed            # both models, two blocks each, Wan also at cfg 1
     python -m benchmarks.video_speed --quick    # 3 rounds, one block per model
+    python -m benchmarks.video_speed --attention comfy   # ComfyUI's own CPU attention backend
+
+Attention runs through ComfyUI's PyTorch SDPA function (``attention_pytorch``, what ComfyUI runs on
+GPUs), routed by the ``optimized_attention_override`` transformer option as in the cost table
+(``cost_models.sdpa_transformer_options``): on a CPU ComfyUI 0.3.64 picks its sub-quadratic
+attention instead, whose time grows faster than the batch (measured here: 3 rows cost 1.72x
+(Wan) and 2.27x (LTXV) the time of 2, against 1.50x with SDPA), which would charge a batched row
+more than its work. ``--attention comfy`` measures with ComfyUI's pick.
 
 Models (ComfyUI's own classes, random weights, ``measure.patcher``), sized so a step takes about a
 second on one CPU thread while the block structure and the share of attention stay like the real
@@ -50,6 +58,7 @@ import time
 
 import torch
 
+from .cost_models import sdpa_transformer_options
 from .flops import count_forward
 from .host import pack_module, start_host
 from .measure import (
@@ -79,11 +88,17 @@ MODELS = {
 }
 
 
-def build(name):
+def build(host, name, attention="sdpa"):
+    """The tiny model ``name``; with ``attention`` "sdpa" every attention call goes through ComfyUI's
+    SDPA function (the model's own options carry the override: the ASAG node chains to it)."""
     import comfy.supported_models
 
     cls, cfg = MODELS[name][:2]
-    return patcher(getattr(comfy.supported_models, cls)(dict(cfg)))
+    model = patcher(getattr(comfy.supported_models, cls)(dict(cfg)))
+    if attention == "sdpa":
+        key = pack_module(host, "nodes.comfy_internals").ATTENTION_OVERRIDE
+        model.model_options["transformer_options"].update(sdpa_transformer_options(key))
+    return model
 
 
 def conditioning(name, seed=0):
@@ -166,8 +181,8 @@ def ideals(shares, rows):
             "ideal_both": 1 + asag + slg}
 
 
-def measure_model(host, name, cfgs, blocks, repeats, timer):
-    base = build(name)
+def measure_model(host, name, cfgs, blocks, repeats, timer, attention="sdpa"):
+    base = build(host, name, attention)
     positive, negative = conditioning(name)
     shares, row_flops = counted_shares(host, base, name, cfgs[0], blocks)
     runs, paths, reference = {}, {}, {}
@@ -230,6 +245,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="3 rounds, one block per model, no cfg 1 rows")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 15, quick 3)")
     p.add_argument("--models", default="wan,ltxv", help="comma list of wan, ltxv")
+    p.add_argument("--attention", choices=("sdpa", "comfy"), default="sdpa",
+                   help="sdpa: ComfyUI's SDPA function, as on GPUs (default); comfy: ComfyUI's own CPU pick")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if not names or any(n not in MODELS for n in names):
@@ -247,11 +264,12 @@ def main(argv=None):
             _, _, _, _, _, _, cfgs, blocks = MODELS[name]
             if args.quick:
                 cfgs, blocks = cfgs[:1], blocks[:1]
-            results[name] = measure_model(host, name, cfgs, blocks, repeats, timer)
+            results[name] = measure_model(host, name, cfgs, blocks, repeats, timer, args.attention)
             print(f"[{name}] done at {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
-    print("\n".join(["", f"ASAG beside STG, CPU float32, 1 thread, median of {repeats} steps per variant", ""]
+    print("\n".join(["", f"ASAG beside STG, CPU float32, 1 thread, attention {args.attention}, median of "
+                           f"{repeats} steps per variant", ""]
                     + [line for n, r in results.items() for line in lines_for(n, r)]), flush=True)
-    summary = {"benchmark": "video_speed", "quick": args.quick, "slg_scale": SLG_SCALE,
+    summary = {"benchmark": "video_speed", "quick": args.quick, "slg_scale": SLG_SCALE, "attention": args.attention,
                "models": {n: {"config": MODELS[n][0], "unet_config": MODELS[n][1]} for n in names},
                "results": _rounded(results), "machine": finish_machine(info), "repeats": repeats,
                "seconds": round(time.perf_counter() - started, 1)}
