@@ -67,6 +67,10 @@ def cost_paragraph(table, key, specs, cfg1, two_experts) -> str:
     lines.append(f"ideal = {formula}, after_share = the share of a row's work from the perturbed block on (the "
                  "blocks before it are the same in the conditional and the adversarial row, so they need "
                  "computing only once).")
+    extra = max(model["layers"][spec]["sinkhorn_extra_share"] for spec, _ in specs)
+    lines.append(f"On top, the Sinkhorn plan itself (5 attention-like passes where softmax attention makes 1) adds "
+                 f"{100 * extra / (1 if cfg1 else 2):.1f} % of a {'cfg-1' if cfg1 else 'CFG'} step per perturbed "
+                 "block.")
     if all(model["layers"][spec]["node_shares_prefix"] for spec, _ in specs):
         lines.append("The node computes those blocks once today, for each layer above.")
     elif not any(model["layers"][spec]["node_shares_prefix"] for spec, _ in specs):
