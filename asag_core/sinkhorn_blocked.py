@@ -74,6 +74,7 @@ BLOCK_ELEMENTS = 1 << 20
 #: A group of heads keeps its logits for all passes when they fit in this many bytes; else the first
 #: rows' logits, as many as fit. 8 MiB keeps the call's peak below the fused path's (measured).
 CACHE_BYTES = 8 << 20
+
 try:  # PyTorch's row softmax into a given buffer (in place where the buffer is the input)
     _SOFTMAX_OUT = torch.ops.aten._softmax.out
 except (AttributeError, RuntimeError):  # pragma: no cover - an ATen without it
