@@ -91,16 +91,16 @@ def disable(error: BaseException) -> None:
     _FLASH_CPU = None
 
 
-def _kernel(a, b, value, mask, scale=1.0):
-    try:
-        return _FLASH_CPU(a, b, value, attn_mask=mask, scale=scale)
+def _kernel(a, b, value, mask):
+    try:  # the queries carry the whole logit multiplier: the kernel's own scale is 1
+        return _FLASH_CPU(a, b, value, attn_mask=mask, scale=1.0)
     except RuntimeError as err:
         raise KernelFailed(str(err)) from err
 
 
-def _flash_rows(a, b, value, bias, potential, rows, want_lse, scale=1.0):
+def _flash_rows(a, b, value, bias, potential, rows, want_lse):
     """Fused attention of queries ``a`` over keys ``b`` with logits
-    ``scale * a.b + bias + potential`` (potential: (B, H, 1, Nb), or None for 0).
+    ``a.b + bias + potential`` (potential: (B, H, 1, Nb), or None for 0).
 
     Returns ``(output, lse)``: output (B, H, Na, Dv) (None unless ``value`` is
     given) and the row log-sum-exp (B, H, Na, 1) (None unless ``want_lse``).
@@ -111,7 +111,7 @@ def _flash_rows(a, b, value, bias, potential, rows, want_lse, scale=1.0):
     if bias is None or bias.shape[-2] == 1:  # one call: the kernel's own tensors (no copy into fresh pages)
         mask = potential if bias is None else masked_bias(bias, potential)
         mask = None if mask is None else mask.expand(bb, hh, na, nb)
-        o, row_lse = _kernel(a, b, v, mask, scale)
+        o, row_lse = _kernel(a, b, v, mask)
         return (None if value is None else o), (row_lse.unsqueeze(-1) if want_lse else None)
     # a mask with a query axis is built ``rows`` rows at a time
     out = None if value is None else a.new_empty((bb, hh, na, v.shape[-1]))
@@ -120,7 +120,7 @@ def _flash_rows(a, b, value, bias, potential, rows, want_lse, scale=1.0):
         stop = min(na, start + rows)
         mask = potential if bias is None else masked_bias(bias_rows(bias, start, stop), potential)
         mask = None if mask is None else mask.expand(bb, hh, stop - start, nb)
-        o, row_lse = _kernel(a[:, :, start:stop], b, v, mask, scale)
+        o, row_lse = _kernel(a[:, :, start:stop], b, v, mask)
         if out is not None:
             out[:, :, start:stop] = o
         if lse is not None:
@@ -142,10 +142,10 @@ def _potential(a, k, bias, iterations, rows):
     return g
 
 
-def output(a, k, v, bias, g, rows, scale=1.0):
-    """``softmax_j(scale * a.k + bias + g) V`` by the kernel, (B, H, Na, Dv): the output pass alone,
+def output(a, k, v, bias, g, rows):
+    """``softmax_j(a.k + bias + g) V`` by the kernel, (B, H, Na, Dv): the output pass alone,
     for another path's potentials ``g`` (B, H, 1, Nk) or None. Raises :class:`KernelFailed`."""
-    return _flash_rows(a, k, v, bias, g, rows, False, scale)[0]
+    return _flash_rows(a, k, v, bias, g, rows, False)[0]
 
 
 def attention(q, k, v, multiplier, bias, iterations, rows):

@@ -221,7 +221,7 @@ def _lse_pass(queries, keys, values, mask, transpose, rows, scale, want_out=Fals
     return lse, out
 
 
-def _key_bias(mask, b, h):
+def _key_bias(mask):
     """A mask without query axis as a natural-unit float32 key bias (B, H|1, 1, Nk), or None."""
     if mask is None or mask.shape[-2] != 1:
         return None
@@ -243,7 +243,7 @@ def attention(q, k, v, multiplier, mask, iterations, rows):
     b, h, nq, _ = q.shape
     nk, dv = k.shape[2], v.shape[-1]
     buf = _Buffers(q, k, multiplier)
-    key_bias = _key_bias(mask, b, h)
+    key_bias = _key_bias(mask)
     row_mask = None if mask is None or key_bias is not None else mask
     row_ok, col_ok = _row_and_column_ok(mask)
     ratio = log_ratio(nq, nk)
