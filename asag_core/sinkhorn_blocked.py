@@ -118,12 +118,6 @@ def geometry(heads: int, nq: int, nk: int, rows: int, itemsize: int, budget: int
     return rows, group, min(nq, cached)
 
 
-def buffer_bytes(heads: int, nq: int, nk: int, d: int, rows: int, itemsize: int, budget: int) -> int:
-    """The buffers :func:`attention` allocates besides its output: block, cache and scaled queries of a group."""
-    rows, group, cached = geometry(heads, nq, nk, rows, itemsize, budget)
-    return group * (rows * nk + cached * nk + nq * d) * itemsize
-
-
 def _at(x, bi, hs, rs=None):
     """Block of a broadcastable (B|1, H|1, Nq|1, ·) tensor; broadcast axes stay 1."""
     x = x[bi if x.shape[0] > 1 else 0]
