@@ -49,6 +49,11 @@ class Host:
     def node(self, node_id):
         return self.nodes.NODE_CLASS_MAPPINGS[node_id]
 
+    def internal(self, name):
+        """A module of the pack as ComfyUI imported it, by its dotted name inside the pack
+        ("nodes.plan", "asag_core"). Tests reach the pack's internals only through this."""
+        return sys.modules[f"{self.pack_module_name}.{name}"]
+
     @property
     def pack(self):
         """The pack as ComfyUI imported it (its submodules: .nodes.attention_patch ...)."""
