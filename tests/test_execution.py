@@ -9,11 +9,18 @@ reaches the client as ComfyUI's ``execution_error`` for that node with our messa
 cache reuses our node's output when only an unrelated input (the KSampler seed) changes, and
 the results are those of direct runs; two differently configured ASAG nodes on one model in one
 graph do not affect each other.
+
+The executor is built as each host's ``main.prompt_worker`` builds it (with ``--cache-classic``, the
+cache these tests check). Where ComfyUI itself differs, each host's own behaviour is asserted:
+0.22 validates the value of a V3 COMBO input against its options (``validate_inputs``), so a bad
+``cost`` / ``rescale_mode`` is refused there before anything runs, with ComfyUI's error naming
+the input and the valid values; 0.3.64 checks the values of V1 list inputs only, lets these
+through, and the pack's own error reaches the client.
 """
 
 import asyncio
+import inspect
 import math
-import sys
 
 import pytest
 import sampling
@@ -40,6 +47,24 @@ class _Server:
 
     def queue_updated(self):
         pass
+
+
+class ComboProbe:
+    """Test-only output node with an input declared as V3 COMBO inputs reach validation
+    (``("COMBO", {"options": [...]})``): whether the host checks such values, found by asking
+    its own ``validate_prompt``."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"pick": ("COMBO", {"options": ["one", "two"], "default": "one"})}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "keep"
+    CATEGORY = "testing"
+
+    def keep(self, pick):
+        return {}
 
 
 class TinyModel:
@@ -93,19 +118,35 @@ class LatentSink:
         return {}
 
 
+def prompt_executor(server):
+    """``execution.PromptExecutor`` as the host's ``main.prompt_worker`` builds it with
+    ``--cache-classic``. 0.3.64 takes ``cache_size=args.cache_lru``; 0.22 takes ``cache_args``
+    (``lru`` and its RAM-pressure headrooms ``ram`` / ``ram_inactive``, which main.py leaves at 0
+    with --cache-classic) and reads them on every prompt. Told apart by the constructor's parameters."""
+    import comfy.cli_args
+    import execution
+
+    args = comfy.cli_args.args
+    classic = execution.CacheType.CLASSIC
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        return execution.PromptExecutor(server, cache_type=classic,
+                                        cache_args={"lru": args.cache_lru, "ram": 0, "ram_inactive": 0})
+    return execution.PromptExecutor(server, cache_type=classic, cache_size=args.cache_lru)
+
+
 @pytest.fixture
 def engine(host, monkeypatch):
     """Runs prompts through validate_prompt + PromptExecutor; counts executions of our nodes."""
     import execution
 
     for name, cls in (("ASAGTestTinyModel", TinyModel), ("ASAGTestConditioning", TinyConditioning),
-                      ("ASAGTestLatentSink", LatentSink)):
+                      ("ASAGTestLatentSink", LatentSink), ("ASAGTestComboProbe", ComboProbe)):
         monkeypatch.setitem(host.nodes.NODE_CLASS_MAPPINGS, name, cls)
     model = tiny_models.sd15()
     monkeypatch.setattr(TinyModel, "models", {"sd15": model})
     monkeypatch.setattr(LatentSink, "received", {})
 
-    glue = sys.modules[host.pack_module_name + ".nodes.guidance_nodes"]
+    glue = host.internal("nodes.guidance_nodes")
     executions = []
     real_patch_model = glue.patch_model
 
@@ -125,7 +166,7 @@ def engine(host, monkeypatch):
         def restart(self):
             """A new executor: nothing cached."""
             self.server = _Server()
-            self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC)
+            self.executor = prompt_executor(self.server)
 
         def validate(self, prompt):
             return asyncio.run(execution.validate_prompt(f"p{self.runs}", prompt, None))
@@ -141,6 +182,11 @@ def engine(host, monkeypatch):
 
         def messages(self, event):
             return [data for name, data in self.executor.status_messages if name == event]
+
+        def validates_combo_values(self):
+            """Whether the host's validation refuses a COMBO-declared value outside its options."""
+            probe = {"probe": {"class_type": "ASAGTestComboProbe", "inputs": {"pick": "three"}}}
+            return not self.validate(probe)[0]
 
     return Engine()
 
@@ -223,24 +269,53 @@ def test_two_asag_nodes_in_one_graph_are_independent(host, engine):
 def test_node_errors_reach_the_client_on_the_node(host, engine, inputs, fragments):
     """ComfyUI's validation lets these through (NaN compares false with min/max; layers is free
     text; 0.3.64 checks combo values of V1 list inputs only, not of V3 COMBO inputs). Our execute
-    raises and ComfyUI reports it as an execution_error on that node."""
+    raises and ComfyUI reports it as an execution_error on that node. A bad COMBO value on a host
+    whose validation checks COMBO values (0.22) is refused by ComfyUI itself instead: see
+    :func:`_assert_refused_by_validation`."""
     from model_state import patcher_state
 
     before = patcher_state(engine.model)
     node = "asag_b" if any(key.endswith("_b") for key in inputs) else "asag_a"
     prompt = _prompt(**{k: v for k, v in inputs.items() if k in ("layers_b", "scale_a", "lam_b")})
+    combo = None
     for key in ("cost_b", "rescale_mode_b"):
         if key in inputs:
-            prompt["asag_b"]["inputs"][key[:-2]] = inputs[key]
-    assert engine.validate(prompt)[0], "expected ComfyUI's own validation to pass this prompt"
-    engine.run(prompt)
-    assert not engine.messages("execution_success")
-    (error,) = engine.messages("execution_error")
-    assert error["node_id"] == node and error["node_type"] == ("ASAGAdvanced" if node == "asag_b" else "ASAG")
-    assert error["exception_type"].endswith(("LayerSpecError", "ValueError")), error["exception_type"]
-    for fragment in fragments:
-        assert fragment in error["exception_message"], error["exception_message"]
+            combo = key[:-2]
+            prompt["asag_b"]["inputs"][combo] = inputs[key]
+    if combo is not None and engine.validates_combo_values():
+        _assert_refused_by_validation(engine, prompt, combo, inputs[combo + "_b"], fragments[1].split(", "))
+    else:
+        assert engine.validate(prompt)[0], "expected ComfyUI's own validation to pass this prompt"
+        engine.run(prompt)
+        assert not engine.messages("execution_success")
+        (error,) = engine.messages("execution_error")
+        assert error["node_id"] == node and error["node_type"] == ("ASAGAdvanced" if node == "asag_b" else "ASAG")
+        assert error["exception_type"].endswith(("LayerSpecError", "ValueError")), error["exception_type"]
+        for fragment in fragments:
+            assert fragment in error["exception_message"], error["exception_message"]
     assert patcher_state(engine.model) == before, "a failing ASAG node changed the input model"
+
+
+def _assert_refused_by_validation(engine, prompt, name, value, options):
+    """0.22: ``validate_prompt`` reports the COMBO value on the node (``value_not_in_list``, the
+    input's name, the value and the valid ones), drops the outputs that depend on it and keeps the
+    rest; the server queues the rest and answers the client with these ``node_errors``. The
+    ASAGAdvanced node never runs; the ASAG branch runs as usual."""
+    valid, _, outputs, node_errors = engine.validate(prompt)
+    assert valid and outputs == ["out_a"], (valid, outputs)
+    assert set(node_errors) == {"asag_b"} and node_errors["asag_b"]["class_type"] == "ASAGAdvanced"
+    assert node_errors["asag_b"]["dependent_outputs"] == ["out_b"]
+    (error,) = node_errors["asag_b"]["errors"]
+    assert error["type"] == "value_not_in_list"
+    assert error["extra_info"]["input_name"] == name and error["extra_info"]["received_value"] == value
+    assert error["details"].startswith(f"{name}: {value!r} not in ")
+    assert sorted(error["extra_info"]["input_config"][1]["options"]) == sorted(options)
+    for option in options:
+        assert repr(option) in error["details"], error["details"]
+    results = engine.run(prompt)
+    assert engine.messages("execution_success") and not engine.messages("execution_error")
+    assert set(results) == {"a"}
+    assert [s.scale for s in engine.executions] == [1.5], "only the ASAG node ran (scale 1.5; ASAGAdvanced has 3.0)"
 
 
 def test_out_of_range_inputs_are_refused_by_comfyui_validation(host, engine):
