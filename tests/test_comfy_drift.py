@@ -7,8 +7,9 @@ ComfyUI versions"), on the real 0.3.64 host:
   ``transformer_options.copy()``: a forward pre-hook on the diffusion model replaces the
   transformer_options it gets by a shallow copy;
 * comfy/samplers.py (311c014): with several GPUs, ``_calc_cond_batch_multigpu`` runs a batch on a
-  per-device model (a fresh BaseModel from the loader, with the patcher's object patches) in a
-  worker thread: a CALC_COND_BATCH wrapper runs the call on a copy of the BaseModel, in a thread;
+  per-device model (comfy/model_patcher.py ``deepclone_multigpu``: a fresh BaseModel from the
+  loader, with the patcher's patches) in a worker thread: a CALC_COND_BATCH wrapper runs the call
+  on such a fresh BaseModel, in a thread;
 * comfy/model_patcher.py (08d0e51): ``ModelPatcher.clone`` copies model_options with a
   list/dict-only deep copy that shares every other object between the clones.
 
@@ -19,7 +20,6 @@ cross-modal block (comfy/ldm/lightricks/av_model.py 0a29dda) are in ``test_comfy
 from __future__ import annotations
 
 import contextlib
-import copy
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -121,11 +121,32 @@ def test_copied_transformer_options_and_a_per_slot_patch_in_the_prefix(host, fam
 # batches run on a copy of the BaseModel, in a worker thread (0.38 multi-GPU)
 # ---------------------------------------------------------------------------------------------
 
+def per_device_model(patcher):
+    """The BaseModel a 0.38 per-device patcher runs (ModelPatcher.deepclone_multigpu, 08d0e51): a
+    fresh model from the loader (``model_config.get_model``, then the weights, as
+    load_diffusion_model_state_dict / load_checkpoint_guess_config build one) under a patcher of
+    its own that carries ``patcher``'s weight and object patches and applies them on load. Not a
+    ``copy.deepcopy`` of the loaded model: 0.38 avoids that, and 0.22's model config answers None
+    for every missing attribute (``BASE.__getattr__``), which breaks deepcopy's protocol lookups."""
+    import comfy.model_patcher
+
+    base = patcher.model
+    weights = base.diffusion_model.state_dict()
+    fresh = base.model_config.get_model(weights, "")
+    assert type(fresh) is type(base) and fresh.model_type == base.model_type, "the loader built another model"
+    fresh.diffusion_model.load_state_dict(weights, strict=True)
+    device_patcher = comfy.model_patcher.ModelPatcher(fresh, patcher.load_device, patcher.offload_device)
+    device_patcher.patches = {key: list(patches) for key, patches in patcher.patches.items()}
+    device_patcher.object_patches = dict(patcher.object_patches)
+    device_patcher.patch_model(device_to=patcher.load_device)
+    return fresh
+
+
 class OnACopy:
-    """A CALC_COND_BATCH wrapper that runs every batch on a copy of the BaseModel in a worker
-    thread, as _calc_cond_batch_multigpu runs it on a per-device model in its thread pool. The copy
-    is made at the first call, with the patcher's object patches applied (as a fresh per-device
-    model gets them from its clone of the patcher)."""
+    """A CALC_COND_BATCH wrapper that runs every batch on a per-device copy of the BaseModel in a
+    worker thread, as _calc_cond_batch_multigpu runs it on ``multigpu_clones[device].model`` in its
+    thread pool. The copy (:func:`per_device_model`) is made at the first call, from the patcher
+    being sampled, so it has that patcher's object patches, as a per-device clone of it has."""
 
     def __init__(self):
         self.copy = None
@@ -133,9 +154,7 @@ class OnACopy:
 
     def __call__(self, executor, model, conds, x, timestep, model_options):
         if self.copy is None:
-            patcher, model.current_patcher = model.current_patcher, None
-            self.copy = copy.deepcopy(model)
-            model.current_patcher = patcher
+            self.copy = per_device_model(model.current_patcher)
         self.copy.current_patcher = model.current_patcher
 
         def run():
