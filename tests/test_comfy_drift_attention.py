@@ -5,7 +5,13 @@
   self-attention), attn2 and audio_attn2 (text cross-attention), audio_to_video_attn and
   video_to_audio_attn (cross-modal). A stand-in block with those names and call patterns replaces
   one block of the tiny LTXV: only the two self-attentions may get the plan, also when every token
-  count is the same.
+  count is the same. The stand-in takes what each host's LTXV model passes to its blocks
+  (comfy/ldm/lightricks/model.py ``_process_transformer_blocks``): 0.3.64 passes x, context,
+  attention_mask, timestep, pe and transformer_options; 0.22 adds ``self_attention_mask`` (the
+  video self-attention's mask, which the real LTX-2 block hands its attn1) and ``prompt_timestep``
+  (the text cross-attention's AdaLN input, for models with ``cross_attention_adaln``; the tiny
+  LTXV has none). 0.22 also has the real LTX-2 model (LTXAVModel); 0.3.64 has none, so the
+  stand-in is what tests this on both hosts.
 * ComfyUI's attention functions take ``scale=`` and ``enable_gqa=`` (comfy/ldm/modules/attention.py
   05080f60): the DiT override honours both for the adversarial rows and passes them on for the others.
 """
@@ -48,10 +54,11 @@ def av_block(dim, heads, audio_tokens, seed=5):
             self.audio_to_video_attn, self.video_to_audio_attn = attention(dim), attention(dim)
             self.audio = torch.nn.Parameter(torch.empty(1, audio_tokens, dim))
 
-        def forward(self, x, context=None, attention_mask=None, timestep=None, pe=None, transformer_options={}):
+        def forward(self, x, context=None, attention_mask=None, timestep=None, pe=None, transformer_options={},
+                    self_attention_mask=None, prompt_timestep=None):
             to = transformer_options
             ax = self.audio.to(x) + x.mean(1, keepdim=True)
-            vx = x + self.attn1(_rms(x), pe=pe, transformer_options=to)
+            vx = x + self.attn1(_rms(x), pe=pe, mask=self_attention_mask, transformer_options=to)
             vx = vx + self.attn2(_rms(vx), context=context, mask=attention_mask, transformer_options=to)
             ax = ax + self.audio_attn1(_rms(ax), transformer_options=to)
             ax = ax + self.audio_attn2(_rms(ax), context=context, mask=attention_mask, transformer_options=to)
