@@ -5,12 +5,21 @@ to their joint text+image self-attention, the attention ASAG perturbs. The tiny 
 tests/tiny_dits.py are sampled through ComfyUI's KSampler with the ASAG node and text shorter
 than its padded length; every Sinkhorn call is recorded, its plan recomputed from the q, k and
 mask it received (asag_core's ``sinkhorn_plan``) and checked: the output it returned is that
-plan applied to v, a mask was passed, and the padded keys get exactly zero mass. Lumina 2
-trims the text to its first ``sum(mask)`` tokens before the joint layers (at batch 1), so
-right padding is masked in its text refiner only and the joint layers get an all-zero mask:
-checked as such, and left padding (kept by that trim) is what reaches its perturbed layers.
-LTXV builds the same mask but gives it to its text cross-attention only, which ASAG leaves
-alone: checked as such.
+plan applied to v, a mask was passed, and the padded keys get exactly zero mass. LTXV builds
+the same mask but gives it to its text cross-attention only, which ASAG leaves alone: checked
+as such.
+
+Lumina 2 differs between ComfyUI versions, and each host's own behaviour is asserted, told apart
+by what ComfyUI's own Lumina 2 (no ASAG) hands its joint layers (:func:`lumina2_joint_input`):
+
+* 0.3.64: ``patchify_and_embed`` builds the mask from the cond's ``attention_mask`` and trims
+  the text to its first ``sum(mask)`` tokens before the joint layers (at batch 1), so right
+  padding is masked in its text refiner only and the joint layers get an all-zero mask, and
+  left padding (kept by that trim) is what reaches its perturbed layers, masked: zero plan mass.
+* 0.22: ``patchify_and_embed`` sets ``cap_mask = None`` and keeps every text token: no mask
+  reaches any of its attentions, the padded text tokens are ordinary keys of the joint layers
+  (text first, then the image), and the Sinkhorn plan, like ComfyUI's own attention there,
+  gives them mass.
 
 ComfyUI's Lumina 2 and HunyuanVideo take a padding mask only in a batch of one (Lumina 2's
 (B, L) mask reaches attention as a 2-D (Nq, Nk) mask; HunyuanVideo builds a (1, 1, L) one), so
@@ -72,6 +81,59 @@ def recorded_plans(host, monkeypatch):
     return records
 
 
+def lumina2_joint_input(cond):
+    """What ComfyUI's own Lumina 2, without ASAG, hands its joint layers (``layers``) for
+    ``cond``: (sequence length, mask or None), seen by a forward pre-hook on the first joint layer
+    in one forward of the diffusion model, called with what ``Lumina2.extra_conds`` makes of the
+    cond (``num_tokens`` = the mask's sum, the mask itself)."""
+    dm = tiny_dits.lumina2().model.diffusion_model
+    context, extra = cond[0]
+    mask = extra["attention_mask"]
+    seen = []
+    handle = dm.layers[0].register_forward_pre_hook(lambda module, args: seen.append((args[0].shape[1], args[1])))
+    try:
+        with torch.no_grad():
+            dm(tiny_dits.latent("lumina2")["samples"], torch.full((1,), 0.5), context, int(mask.sum()),
+               attention_mask=mask, transformer_options={})
+    finally:
+        handle.remove()
+    (joint,) = seen
+    return joint
+
+
+def _lumina2_tokens():
+    """(text tokens, image tokens) of the padded Lumina 2 prompt."""
+    _, _, height, width = tiny_dits.LATENT["lumina2"]
+    return 7, (height // 2) * (width // 2)
+
+
+def _assert_unmasked_padding(records, left):
+    """0.22's Lumina 2: no mask; every text token, padding included, is a key of the joint
+    layers (text first), and the plan gives the padded ones mass as it does any key."""
+    text, image = _lumina2_tokens()
+    padded_keys = slice(0, PADDING) if left else slice(text - PADDING, text)
+    assert records, "the Sinkhorn attention never ran"
+    for plan, padded, output_error in records:
+        assert output_error < 1e-4, "the layer's output is not the recomputed plan applied to v"
+        assert padded is None, "a mask reached the Sinkhorn attention, though none reaches ComfyUI's own"
+        assert plan.shape[-1] == text + image, "the joint sequence is every text token (padding too) + image"
+        assert (plan[..., padded_keys] > 0).all(), "a padded text key without mass"
+        torch.testing.assert_close(plan.sum(-1), torch.ones(plan.shape[:-1]), atol=1e-5, rtol=0)
+
+
+def _lumina2_masks_text(left):
+    """Whether ComfyUI's own Lumina 2 masks the padded text of the joint layers (0.3.64) or hands
+    them no mask at all (0.22); anything else is a Lumina 2 this file has not read."""
+    pos, _ = tiny_dits.padded_conditioning("lumina2", padding=PADDING, left=left)
+    length, mask = lumina2_joint_input(pos)
+    text, image = _lumina2_tokens()
+    if mask is None:
+        assert length == text + image, "no mask, and yet the text was trimmed"
+        return False
+    assert length == text - PADDING + image, "a text mask, and yet the text was not trimmed"
+    return True
+
+
 def _with_another_calc_cond_batch(model):
     """``model`` with another node's ``sampler_calc_cond_batch_function`` (ComfyUI's own, passed
     through): ASAG then runs its adversarial branch as a separate model call of batch 1."""
@@ -100,6 +162,9 @@ def _sample_with_asag(host, family, separate_pass=True, left=False):
 @pytest.mark.parametrize("family,left", [("hunyuan_video", False), ("lumina2", True)])
 def test_padded_text_keys_get_zero_plan_mass(host, family, left, recorded_plans):
     assert torch.isfinite(_sample_with_asag(host, family, left=left)).all()
+    if family == "lumina2" and not _lumina2_masks_text(left):
+        _assert_unmasked_padding(recorded_plans, left)  # 0.22
+        return
     assert recorded_plans, "the Sinkhorn attention never ran"
     for plan, padded, output_error in recorded_plans:
         assert output_error < 1e-4, "the layer's output is not the recomputed plan applied to v"
@@ -111,9 +176,14 @@ def test_padded_text_keys_get_zero_plan_mass(host, family, left, recorded_plans)
         torch.testing.assert_close(plan.sum(-1), torch.ones(plan.shape[:-1]), atol=1e-5, rtol=0)
 
 
-def test_lumina2_right_padding_is_trimmed_before_the_joint_layers(host, recorded_plans):
+def test_lumina2_right_padding_in_the_joint_layers(host, recorded_plans):
+    """0.3.64 trims right padding before the joint layers (all-zero mask there); 0.22 keeps it,
+    unmasked."""
     assert torch.isfinite(_sample_with_asag(host, "lumina2")).all()
-    image_tokens = (tiny_dits.LATENT["lumina2"][2] // 2) * (tiny_dits.LATENT["lumina2"][3] // 2)
+    if not _lumina2_masks_text(left=False):
+        _assert_unmasked_padding(recorded_plans, left=False)  # 0.22
+        return
+    image_tokens = _lumina2_tokens()[1]
     assert recorded_plans, "the Sinkhorn attention never ran"
     for plan, padded, output_error in recorded_plans:
         assert output_error < 1e-4
@@ -122,17 +192,22 @@ def test_lumina2_right_padding_is_trimmed_before_the_joint_layers(host, recorded
 
 
 def test_ltxv_padding_mask_stays_in_cross_attention(host, recorded_plans, monkeypatch):
+    """LTXV's attention hands a mask to ``optimized_attention_masked`` on 0.3.64 and to
+    ``optimized_attention(mask=...)`` on 0.22: both are watched."""
     import comfy.ldm.modules.attention as comfy_attention
 
     masks = []
-    real = comfy_attention.optimized_attention_masked
 
-    def spy(q, k, v, heads, mask=None, *args, **kwargs):
-        if mask is not None:
-            masks.append((q.shape, k.shape, mask))
-        return real(q, k, v, heads, mask, *args, **kwargs)
+    def spying(real):
+        def spy(q, k, v, heads, mask=None, *args, **kwargs):
+            if mask is not None:
+                masks.append((q.shape, k.shape, mask))
+            return real(q, k, v, heads, mask, *args, **kwargs)
 
-    monkeypatch.setattr(comfy_attention, "optimized_attention_masked", spy)
+        return spy
+
+    for name in ("optimized_attention", "optimized_attention_masked"):
+        monkeypatch.setattr(comfy_attention, name, spying(getattr(comfy_attention, name)))
     assert torch.isfinite(_sample_with_asag(host, "ltxv")).all()
     padded = [(q_shape, k_shape, mask) for q_shape, k_shape, mask in masks if (mask <= PADDED_BELOW).any()]
     assert padded, "LTXV built no padding mask"
@@ -152,7 +227,10 @@ def test_the_fast_path_samples_padded_text(host, family, recorded_plans):
     left = family == "lumina2"
     out = _sample_with_asag(host, family, separate_pass=False, left=left)
     assert torch.isfinite(out).all() and recorded_plans
-    for plan, padded, output_error in recorded_plans:
-        assert output_error < 1e-4 and padded is not None and int(padded[0, 0, 0].sum()) == PADDING
-        assert (plan[padded] == 0).all()
+    if family == "lumina2" and not _lumina2_masks_text(left):
+        _assert_unmasked_padding(recorded_plans, left)  # 0.22
+    else:
+        for plan, padded, output_error in recorded_plans:
+            assert output_error < 1e-4 and padded is not None and int(padded[0, 0, 0].sum()) == PADDING
+            assert (plan[padded] == 0).all()
     assert torch.equal(out, _sample_with_asag(host, family, separate_pass=True, left=left))
