@@ -241,7 +241,12 @@ def ltxv_add_guide(host):
     pos, neg, latent = LTXVAddGuide.execute(pos, neg, tiny_dits.ltxv_vae(), empty, tiny_dits.video_frames(1, 128, 128),
                                             0, 1.0).result
     assert latent["samples"].shape == (1, 128, 3, 4, 4) and "keyframe_idxs" in pos[0][1]
-    inputs = {"denoise_mask": (128, 3, 4, 4), "keyframe_idxs": (3, 16)}  # 3 coordinates x 16 keyframe tokens
+    # per row: 3 coordinates (t, h, w) x 16 keyframe tokens; 0.22 adds a last dimension, each
+    # token's [start, end] position (0.3.64: one position per coordinate)
+    layouts = {3: (3, 16), 4: (3, 16, 2)}
+    keyframes = pos[0][1]["keyframe_idxs"]
+    assert keyframes.ndim in layouts and tuple(keyframes.shape[1:]) == layouts[keyframes.ndim], keyframes.shape
+    inputs = {"denoise_mask": (128, 3, 4, 4), "keyframe_idxs": layouts[keyframes.ndim]}
     return Conditioned(tiny_dits.ltxv(), pos, neg, latent, 3 * 4 * 4, 128, (48, 1), inputs)
 
 
