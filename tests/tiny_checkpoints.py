@@ -44,7 +44,7 @@ def values(key, shape, seed=0):
     the key's name, so it does not depend on which other keys a ComfyUI version's model has.
     Matrices randn/sqrt(fan_in); 1-D weights and scales 1 + 0.1 randn; biases 0.02 randn;
     ``pos_embed`` (SD3's positional embedding, a buffer a checkpoint fills) 0.02 randn."""
-    g = torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(key.encode()))
+    g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{key}".encode()))  # the CPU generator keeps 32 bits
     shape = tuple(shape)
     draw = torch.randn(shape, generator=g)
     if key.endswith("pos_embed"):
@@ -300,32 +300,33 @@ def _blocks(prefix, count, suffix, shape):
     return {f"{prefix}.{i}.{suffix}": shape for i in range(count)}
 
 
-def sd3_seed(depth=3, x_block_self_attn_layers=(1,)):
+def sd3_seed(depth=3, x_block_self_attn_layers=(1,), context=CONTEXT, pooled=32, patches=256):
     """MMDiT: 64 channels per head and ``depth`` heads (detection: hidden = 64 x depth)."""
     hidden = 64 * depth
     seed = {"x_embedder.proj.weight": (hidden, 16, 2, 2), "final_layer.linear.weight": (64, hidden),
-            "y_embedder.mlp.0.weight": (hidden, 32), "context_embedder.weight": (hidden, CONTEXT),
-            "pos_embed": (1, 256, hidden), "joint_blocks.0.context_block.attn.ln_q.weight": (64,),
+            "y_embedder.mlp.0.weight": (hidden, pooled), "context_embedder.weight": (hidden, context),
+            "pos_embed": (1, patches, hidden), "joint_blocks.0.context_block.attn.ln_q.weight": (64,),
             **_blocks("joint_blocks", depth, "context_block.attn.qkv.weight", (3 * hidden, hidden))}
     for layer in x_block_self_attn_layers:
         seed[f"joint_blocks.{layer}.x_block.attn2.qkv.weight"] = (3 * hidden, hidden)
     return seed
 
 
-def _flux_blocks(hidden, depth, single, mlp_ratio=2.0, head_dim=16):
+def _flux_blocks(hidden, depth, single, mlp_ratio, head_dim):
     return {**_blocks("double_blocks", depth, "img_attn.norm.key_norm.scale", (head_dim,)),
             **_blocks("double_blocks", depth, "img_attn.qkv.weight", (3 * hidden, hidden)),
             **_blocks("single_blocks", single, "linear1.weight", (3 * hidden + int(hidden * mlp_ratio), hidden))}
 
 
-def flux_seed():
-    return {"img_in.weight": (64, 16 * 4), "txt_in.weight": (64, CONTEXT), "vector_in.in_layer.weight": (64, POOLED),
-            "guidance_in.in_layer.weight": (64, 256), **_flux_blocks(64, 3, 4)}
+def flux_seed(hidden=64, depth=3, single=4, context=CONTEXT, pooled=POOLED, mlp_ratio=2.0, head_dim=16):
+    return {"img_in.weight": (hidden, 16 * 4), "txt_in.weight": (hidden, context),
+            "vector_in.in_layer.weight": (hidden, pooled), "guidance_in.in_layer.weight": (hidden, 256),
+            **_flux_blocks(hidden, depth, single, mlp_ratio, head_dim)}
 
 
 def chroma_seed():
     return {"img_in.weight": (64, 64), "txt_in.weight": (64, CONTEXT),
-            "distilled_guidance_layer.norms.0.scale": (32,), **_flux_blocks(64, 2, 2)}
+            "distilled_guidance_layer.norms.0.scale": (32,), **_flux_blocks(64, 2, 2, 2.0, 16)}
 
 
 def auraflow_seed():
@@ -339,16 +340,16 @@ def hunyuan_dit_seed():
             "extra_embedder.0.weight": (256, 1024), **_blocks("blocks", 4, "attn1.Wqkv.weight", (192, 64))}
 
 
-def hunyuan_video_seed():
-    return {"txt_in.individual_token_refiner.blocks.0.norm1.weight": (64,),
-            "img_in.proj.weight": (64, 16, 1, 2, 2), "final_layer.linear.weight": (64, 64),
-            "vector_in.in_layer.weight": (64, POOLED), "txt_in.input_embedder.weight": (64, CONTEXT),
-            "guidance_in.in_layer.weight": (64, 256), **_flux_blocks(64, 2, 2)}
+def hunyuan_video_seed(hidden=64, depth=2, single=2, context=CONTEXT, pooled=POOLED, mlp_ratio=2.0, head_dim=16):
+    return {"txt_in.individual_token_refiner.blocks.0.norm1.weight": (hidden,),
+            "img_in.proj.weight": (hidden, 16, 1, 2, 2), "final_layer.linear.weight": (64, hidden),
+            "vector_in.in_layer.weight": (hidden, pooled), "txt_in.input_embedder.weight": (hidden, context),
+            "guidance_in.in_layer.weight": (hidden, 256), **_flux_blocks(hidden, depth, single, mlp_ratio, head_dim)}
 
 
-def ltxv_seed():
-    return {"adaln_single.emb.timestep_embedder.linear_1.bias": (64,),
-            **_blocks("transformer_blocks", 3, "attn2.to_k.weight", (64, 64))}
+def ltxv_seed(dim=64, layers=3, cross=64):
+    return {"adaln_single.emb.timestep_embedder.linear_1.bias": (dim,),
+            **_blocks("transformer_blocks", layers, "attn2.to_k.weight", (dim, cross))}
 
 
 def lumina2_seed():
@@ -356,15 +357,15 @@ def lumina2_seed():
             **_blocks("layers", 3, "attention.qkv.weight", (128, 64))}
 
 
-def qwen_image_seed():
-    return {"txt_norm.weight": (CONTEXT,), "img_in.weight": (64, 64),
-            **_blocks("transformer_blocks", 3, "attn.to_q.weight", (64, 64))}
+def qwen_image_seed(hidden=64, layers=3, context=CONTEXT, in_channels=64):
+    return {"txt_norm.weight": (context,), "img_in.weight": (hidden, in_channels),
+            **_blocks("transformer_blocks", layers, "attn.to_q.weight", (hidden, hidden))}
 
 
-def wan_seed(in_dim=16, out_dim=16, image=False):
+def wan_seed(in_dim=16, out_dim=16, image=False, dim=64, ffn=128, layers=3):
     """Wan 2.1 / 2.2: ``image`` adds the CLIP-vision embedding of image-to-video (``img_emb``)."""
-    seed = {"head.modulation": (1, 2, 64), "head.head.weight": (out_dim * 4, 64),
-            "patch_embedding.weight": (64, in_dim, 1, 2, 2), **_blocks("blocks", 3, "ffn.0.weight", (128, 64))}
+    seed = {"head.modulation": (1, 2, dim), "head.head.weight": (out_dim * 4, dim),
+            "patch_embedding.weight": (dim, in_dim, 1, 2, 2), **_blocks("blocks", layers, "ffn.0.weight", (ffn, dim))}
     if image:
         seed["img_emb.proj.0.bias"] = (1280,)
     return seed

@@ -1,10 +1,8 @@
 """Tiny random-weight instances of more of ComfyUI's DiT architectures, for host tests.
 
-Each builder takes ComfyUI's own supported_models config class (the one a checkpoint of
-that family is detected as), gives it a unet_config with the keys comfy/model_detection.py
-would produce for a real checkpoint, cut down to tiny widths and depths, and goes through
-the same ``get_model`` → model_base → ModelPatcher path as a loaded checkpoint
-(``tiny_models._patcher``, deterministic weights from ``tiny_models._init_weights``).
+Each builder is a tiny checkpoint in the family's real key layout, detected and loaded by ComfyUI
+(``tests/tiny_checkpoints.py``: the seeds, the hand values detection cannot give for tiny widths,
+deterministic weights, the loader).
 
 ``conditioning`` and ``latent`` give each family's inputs in the format its model_base
 class's ``extra_conds`` and its latent_format expect: video models take 5-D latents
@@ -22,293 +20,71 @@ import os
 import tempfile
 from unittest import mock
 
+import tiny_checkpoints
 import torch
-from tiny_models import CONTEXT, _init_weights, _patcher
-
-POOLED = 32  # width of the pooled text vector where a family has one
+from tiny_checkpoints import CONTEXT, HIDREAM_LLAMA_LAYERS, POOLED  # noqa: F401  (the tests' widths)
+from tiny_models import _init_weights
 
 
 def chroma(seed=0, dtype=torch.float32):
     """Chroma: Flux's double + single stream blocks, modulations from a distilled approximator."""
-    import comfy.supported_models
-
-    cfg = {
-        "image_model": "chroma",
-        "in_channels": 64,  # 16 latent channels x 2x2 patch, as model_detection sets it
-        "out_channels": 64,
-        "patch_size": 2,
-        "context_in_dim": CONTEXT,
-        "hidden_size": 64,
-        "mlp_ratio": 2.0,
-        "num_heads": 4,
-        "depth": 2,
-        "depth_single_blocks": 2,
-        "axes_dim": [4, 6, 6],
-        "theta": 10000,
-        "qkv_bias": True,
-        "in_dim": 64,  # 16 timestep + 16 guidance + 32 modulation-index features (fixed by the model)
-        "out_dim": 64,  # = hidden_size
-        "hidden_dim": 32,
-        "n_layers": 1,
-    }
-    return _patcher(comfy.supported_models.Chroma(cfg), seed=seed, dtype=dtype)
+    return tiny_checkpoints.build("chroma", seed=seed, dtype=dtype)
 
 
 def auraflow(seed=0, dtype=torch.float32):
     """AuraFlow: MMDiT double layers (joint text+image) then single layers."""
-    import comfy.supported_models
-
-    cfg = {
-        "in_channels": 4,
-        "out_channels": 4,
-        "patch_size": 2,
-        "dim": 64,
-        "n_layers": 4,
-        "n_double_layers": 2,
-        "n_heads": 4,
-        "global_conddim": 64,
-        "cond_seq_dim": CONTEXT,
-        "max_seq": 64,  # an 8x8 grid of learned positions
-    }
-    return _patcher(comfy.supported_models.AuraFlow(cfg), seed=seed, dtype=dtype)
+    return tiny_checkpoints.build("auraflow", seed=seed, dtype=dtype)
 
 
 def hunyuan_dit(seed=0, dtype=torch.float32):
     """HunyuanDiT 1.2: self-attention + CLIP/mT5 cross-attention blocks with long skips."""
-    import comfy.supported_models
-
-    cfg = {
-        "image_model": "hydit",
-        "input_size": 16,
-        "patch_size": 2,
-        "in_channels": 4,
-        "hidden_size": 64,
-        "depth": 4,
-        "num_heads": 4,
-        "mlp_ratio": 2.0,
-        "text_states_dim": CONTEXT,
-        "text_states_dim_t5": CONTEXT,
-        "text_len": 7,
-        "text_len_t5": 7,
-    }
-    return _patcher(comfy.supported_models.HunyuanDiT(cfg), seed=seed, dtype=dtype)
+    return tiny_checkpoints.build("hunyuan_dit", seed=seed, dtype=dtype)
 
 
 def lumina2(seed=0, dtype=torch.float32):
     """Lumina 2 (NextDiT): noise/context refiners, then joint transformer ``layers``."""
-    import comfy.supported_models
-
-    cfg = {
-        "image_model": "lumina2",
-        "patch_size": 2,
-        "in_channels": 16,
-        "dim": 64,
-        "cap_feat_dim": CONTEXT,
-        "n_layers": 3,
-        "n_refiner_layers": 1,
-        "n_heads": 4,
-        "n_kv_heads": 2,
-        "multiple_of": 16,
-        "qk_norm": True,
-        "axes_dims": [4, 6, 6],
-        "axes_lens": [64, 32, 32],
-    }
-    return _patcher(comfy.supported_models.Lumina2(cfg), seed=seed, dtype=dtype)
+    return tiny_checkpoints.build("lumina2", seed=seed, dtype=dtype)
 
 
 def qwen_image(seed=0, dtype=torch.float32):
     """Qwen-Image: MMDiT transformer_blocks, joint text+image attention, 3-axis RoPE."""
-    import comfy.supported_models
-
-    cfg = {
-        "image_model": "qwen_image",
-        "patch_size": 2,
-        "in_channels": 64,  # 16 latent channels x 2x2 patch
-        "out_channels": 16,
-        "num_layers": 3,
-        "attention_head_dim": 16,
-        "num_attention_heads": 4,
-        "joint_attention_dim": CONTEXT,
-        "axes_dims_rope": [4, 6, 6],
-    }
-    return _patcher(comfy.supported_models.QwenImage(cfg), seed=seed, dtype=dtype)
-
-
-def _wan_config(**overrides):
-    cfg = {
-        "image_model": "wan2.1",
-        "model_type": "t2v",
-        "patch_size": (1, 2, 2),
-        "text_len": 512,
-        "in_dim": 16,
-        "dim": 64,
-        "ffn_dim": 128,
-        "freq_dim": 32,
-        "text_dim": CONTEXT,
-        "out_dim": 16,
-        "num_heads": 4,
-        "num_layers": 3,
-        "window_size": (-1, -1),
-        "qk_norm": True,
-        "cross_attn_norm": True,
-        "eps": 1e-6,
-    }
-    cfg.update(overrides)
-    return cfg
+    return tiny_checkpoints.build("qwen_image", seed=seed, dtype=dtype)
 
 
 def wan21(seed=0, dtype=torch.float32):
     """Wan 2.1 text-to-video: self-attention + text cross-attention blocks over 3-D patches."""
-    import comfy.supported_models
-
-    return _patcher(comfy.supported_models.WAN21_T2V(_wan_config()), seed=seed, dtype=dtype)
+    return tiny_checkpoints.build("wan21", seed=seed, dtype=dtype)
 
 
 def wan22(seed=0, dtype=torch.float32):
     """Wan 2.2 TI2V (5B layout): the Wan block stack on the 48-channel Wan 2.2 latent."""
-    import comfy.supported_models
-
-    cfg = _wan_config(in_dim=48, out_dim=48)
-    return _patcher(comfy.supported_models.WAN22_T2V(cfg), seed=seed, dtype=dtype)
+    return tiny_checkpoints.build("wan22", seed=seed, dtype=dtype)
 
 
 def hunyuan_video(seed=0, dtype=torch.float32):
     """HunyuanVideo: Flux-like double + single stream blocks over 3-D patches, token refiner."""
-    import comfy.supported_models
-
-    cfg = {
-        "image_model": "hunyuan_video",
-        "in_channels": 16,
-        "out_channels": 16,
-        "patch_size": [1, 2, 2],
-        "vec_in_dim": POOLED,
-        "context_in_dim": CONTEXT,
-        "hidden_size": 64,
-        "mlp_ratio": 2.0,
-        "num_heads": 4,
-        "depth": 2,
-        "depth_single_blocks": 2,
-        "axes_dim": [4, 6, 6],
-        "theta": 256,
-        "qkv_bias": True,
-        "guidance_embed": True,
-        "byt5": False,
-        "meanflow": False,
-    }
-    return _patcher(comfy.supported_models.HunyuanVideo(cfg), seed=seed, dtype=dtype)
+    return tiny_checkpoints.build("hunyuan_video", seed=seed, dtype=dtype)
 
 
 def ltxv(seed=0, dtype=torch.float32):
     """LTX-Video: transformer_blocks with self-attention + cross-attention, 128-channel latent."""
-    import comfy.supported_models
-
-    cfg = {
-        "image_model": "ltxv",
-        "in_channels": 128,
-        "num_layers": 3,
-        "attention_head_dim": 16,
-        "num_attention_heads": 4,
-        "cross_attention_dim": 64,  # = heads x head dim: the caption projection's width
-        "caption_channels": CONTEXT,
-    }
-    return _patcher(comfy.supported_models.LTXV(cfg), seed=seed, dtype=dtype)
+    return tiny_checkpoints.build("ltxv", seed=seed, dtype=dtype)
 
 
 def mochi(seed=0, dtype=torch.float32):
     """Genmo Mochi: asymmetric joint blocks (wide visual, narrow text stream). The block's
     visual MLP width is hard-wired to Mochi's 12288, so this is the largest tiny model."""
-    import comfy.supported_models
-
-    cfg = {
-        "image_model": "mochi_preview",
-        "depth": 3,
-        "patch_size": 2,
-        "num_heads": 4,
-        "hidden_size_x": 64,
-        "hidden_size_y": 32,
-        "mlp_ratio_x": 12288 / 64,  # AsymmetricJointBlock asserts the real 12288-wide visual MLP
-        "mlp_ratio_y": 2.0,
-        "learn_sigma": False,
-        "in_channels": 12,
-        "qk_norm": True,
-        "qkv_bias": False,
-        "out_bias": True,
-        "attn_drop": 0.0,
-        "patch_embed_bias": True,
-        "posenc_preserve_area": True,
-        "timestep_mlp_bias": True,
-        "attend_to_padding": False,
-        "timestep_scale": 1000.0,
-        "use_t5": True,
-        "t5_feat_dim": CONTEXT,
-        "t5_token_length": 8,
-        "rope_theta": 10000.0,
-    }
-    return _patcher(comfy.supported_models.GenmoMochi(cfg), seed=seed, dtype=dtype)
+    return tiny_checkpoints.build("mochi", seed=seed, dtype=dtype)
 
 
 def cosmos_predict2(seed=0, dtype=torch.float32):
     """Cosmos Predict2 text-to-image (MiniTrainDIT): self-attn + cross-attn + MLP ``blocks``."""
-    import comfy.supported_models
-
-    cfg = {
-        "image_model": "cosmos_predict2",
-        "max_img_h": 32,
-        "max_img_w": 32,
-        "max_frames": 8,
-        "in_channels": 16,
-        "out_channels": 16,
-        "patch_spatial": 2,
-        "patch_temporal": 1,
-        "model_channels": 64,
-        "num_blocks": 3,
-        "num_heads": 4,
-        "concat_padding_mask": True,
-        "crossattn_emb_channels": CONTEXT,
-        "pos_emb_cls": "rope3d",
-        "pos_emb_learnable": True,
-        "pos_emb_interpolation": "crop",
-        "min_fps": 1,
-        "max_fps": 30,
-        "use_adaln_lora": True,
-        "adaln_lora_dim": 16,
-        "extra_per_block_abs_pos_emb": False,
-        "rope_h_extrapolation_ratio": 4.0,
-        "rope_w_extrapolation_ratio": 4.0,
-        "rope_t_extrapolation_ratio": 1.0,
-        "extra_h_extrapolation_ratio": 1.0,
-        "extra_w_extrapolation_ratio": 1.0,
-        "extra_t_extrapolation_ratio": 1.0,
-        "rope_enable_fps_modulation": False,
-    }
-    return _patcher(comfy.supported_models.CosmosT2IPredict2(cfg), seed=seed, dtype=dtype)
-
-
-HIDREAM_LLAMA_LAYERS = 4
+    return tiny_checkpoints.build("cosmos_predict2", seed=seed, dtype=dtype)
 
 
 def hidream(seed=0, dtype=torch.float32):
     """HiDream-I1: MoE double_stream_blocks then single_stream_blocks, per-block Llama-3 features."""
-    import comfy.supported_models
-
-    cfg = {
-        "image_model": "hidream",
-        "patch_size": 2,
-        "in_channels": 16,
-        "out_channels": 16,
-        "num_layers": 2,
-        "num_single_layers": 2,
-        "attention_head_dim": 16,
-        "num_attention_heads": 4,
-        "caption_channels": [CONTEXT, CONTEXT],  # [T5, Llama-3]
-        "text_emb_dim": POOLED,
-        "num_routed_experts": 2,
-        "num_activated_experts": 1,
-        "axes_dims_rope": [4, 6, 6],
-        "max_resolution": [16, 16],
-        "llama_layers": list(range(HIDREAM_LLAMA_LAYERS)),
-    }
-    return _patcher(comfy.supported_models.HiDream(cfg), seed=seed, dtype=dtype)
+    return tiny_checkpoints.build("hidream", seed=seed, dtype=dtype)
 
 
 FAMILIES = {
@@ -404,10 +180,7 @@ def wan22_14b_expert(noise, dtype=torch.float32):
 def wan21_i2v(seed=0, dtype=torch.float32):
     """Wan 2.1 image-to-video (WAN21_I2V): in_dim 36 = 16 latent + 4 mask + 16 start-image channels,
     the CLIP-vision embedding ``img_emb`` (1280 wide) and image+text cross-attention blocks."""
-    import comfy.supported_models
-
-    cfg = _wan_config(model_type="i2v", in_dim=36)
-    return _patcher(comfy.supported_models.WAN21_I2V(cfg), seed=seed, dtype=dtype)
+    return tiny_checkpoints.build("wan21_i2v", seed=seed, dtype=dtype)
 
 
 CLIP_VISION_IMAGE = 28  # pixels: 2 x 2 patches of 14
