@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .layers import parse_layer_spec
-from .sinkhorn import COSTS
+from .sinkhorn_checks import check_params
 
 RESCALE_MODES = ("full", "partial")
 
@@ -54,11 +54,7 @@ class ASAGSettings:
 
     def __post_init__(self):
         _finite("scale", self.scale, minimum=0.0)
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
-            raise ValueError(f"iterations must be an integer >= 0, got {self.iterations!r}")
-        _finite("lam", self.lam, minimum=0.0)
-        if self.cost not in COSTS:
-            raise ValueError(f"cost must be one of {', '.join(COSTS)}; got {self.cost!r}")
+        check_params(self.iterations, self.lam, self.cost)  # the Sinkhorn's own check, its wording
         parse_layer_spec(self.layers)  # raises LayerSpecError (a ValueError) naming 'layers'
         _finite("start_percent", self.start_percent, minimum=0.0, maximum=1.0)
         _finite("end_percent", self.end_percent, minimum=0.0, maximum=1.0)

@@ -88,10 +88,11 @@ With ``iterations = 0`` the pattern is SDPA's: NaN in :math:`q_i` makes row
 column :math:`e` of the head's output. With ``iterations >= 1`` NaN in
 :math:`q` or :math:`k` makes the whole head NaN: every column potential sums
 over all rows. Rows without an admissible key keep their defined output, zero.
-The dense and portable paths propagate NaN by their arithmetic; PyTorch's fused
-CPU kernel does not (it treats a NaN query row like a fully masked one and
-returns 0), so :func:`adversarial_attention` sets this pattern explicitly, the
-same way on every path: it adds :math:`0 \cdot \sum` of each query row (of all
+The dense backend propagates NaN by its arithmetic; a fused kernel need not
+(PyTorch's CPU flash kernel, which the blocked path's output pass and the kernel
+path on CPU call, treats a NaN query row like a fully masked one and returns 0),
+so :func:`adversarial_attention` sets this pattern explicitly, the same way on
+every path: it adds :math:`0 \cdot \sum` of each query row (of all
 rows once ``iterations >= 1``), of each head's keys and of each value column,
 which is 0, or NaN where a NaN (or an infinity) is (O(N D), no sync).
 
@@ -105,11 +106,11 @@ v repeated to :math:`H_q` heads (``repeat_interleave`` on the heads axis).
 
 Numerics
 --------
-On CPU (and any device without the kernel path) everything runs in float32
-(float64 if given) whatever the input dtype, in the log domain, so logits of
-magnitude :math:`10^4` stay finite; the output is cast back to the input dtype.
-The kernel path (CUDA) keeps q, k, v in their own dtype, as attention kernels
-do: the logits are accumulated in float32 from the inputs' products, the
+On the dense and blocked paths (CPU, and devices without the kernel path)
+everything runs in float32 (float64 if given) whatever the input dtype, in the
+log domain, so logits of magnitude :math:`10^4` stay finite; the output is cast
+back to the input dtype. The kernel path (CUDA; on CPU when named) keeps q, k, v
+in their own dtype, as attention kernels do: the logits are accumulated in float32 from the inputs' products, the
 potentials are float32 and enter the kernel split into three parts of the input
 dtype (:mod:`asag_core.sinkhorn_kernel`), and the kernel rounds its plan and
 output to the input dtype as flash attention does.
@@ -127,21 +128,21 @@ Edges: :math:`N_q = 0` gives an empty output and :math:`N_k = 0` zeros, as SDPA.
 
 Implementations
 ---------------
-:func:`adversarial_attention` validates its inputs, then takes one of the paths
-of :mod:`asag_core.sinkhorn_paths` (:func:`attention_path` says which; the rule
-is :func:`asag_core.sinkhorn_paths.choose`), which compute the same :math:`PV`:
+The iteration above is written once (:mod:`asag_core.sinkhorn_solver`), over
+backends that supply its two log-sum-exps and the output; the potentials are the
+interface. :func:`adversarial_attention` validates its inputs, then takes one of
+the paths of :mod:`asag_core.sinkhorn_paths` (``path=`` names one; None leaves it
+to the rule, which :func:`attention_path` reports), which compute the same
+:math:`PV`:
 
-- dense (this module): the whole (B, H, Nq, Nk) logits, about
-  ``DENSE_PEAK_TEMPORARIES`` such tensors at its peak; only for tiny calls;
-- kernel (:mod:`asag_core.sinkhorn_kernel`): CUDA and meta, one fused attention
-  kernel call with log-sum-exp per half-step, potentials folded into the keys;
+- dense (:class:`~asag_core.sinkhorn_solver.DenseBackend`): the whole
+  (B, H, Nq, Nk) logits, about ``DENSE_PEAK_TEMPORARIES`` such tensors at its
+  peak; the reference, and :func:`sinkhorn_plan`; automatic only for tiny calls;
 - blocked (:mod:`asag_core.sinkhorn_blocked`): CPU, blocks of rows whose row
   softmax serves the row and the column update of an iteration at once;
-- fused (:mod:`asag_core.sinkhorn_fused`): CPU, one call of PyTorch's fused
-  flash-attention kernel per half-step; if the kernel raises, the portable path
-  takes over for the rest of the process;
-- portable (:mod:`asag_core.sinkhorn_chunked`): log-sum-exp passes over blocks
-  of query rows, then SDPA block by block, on any device.
+- kernel (:mod:`asag_core.sinkhorn_kernel`): CUDA and meta, one fused attention
+  kernel call with log-sum-exp per half-step, potentials folded into the keys;
+  if a kernel raises, the call warns and runs the blocked path.
 
 The memory-bounded paths use the column potentials :math:`g` as an additive key
 bias, :math:`\operatorname{softmax}_j(L_{ij} + g_j)\,V = PV`, and never
@@ -158,9 +159,11 @@ References
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from . import sinkhorn_blocked, sinkhorn_chunked, sinkhorn_fused, sinkhorn_kernel
+from . import sinkhorn_blocked, sinkhorn_kernel
 from .sinkhorn_checks import (
     COSTS,
     check_attention_args,
@@ -178,21 +181,19 @@ from .sinkhorn_common import (
     MASK_THRESHOLD,
     additive,
     admissible,
-    empty_to_zero,
-    log_ratio,
     logits_of,
     mask_4d,
     mask_bias,
     zero_masked_rows,
 )
-from .sinkhorn_paths import DEFAULT_MEMORY_BUDGET_BYTES, DENSE_PEAK_TEMPORARIES, choose
-
-_DENSE_PEAK_TEMPORARIES = DENSE_PEAK_TEMPORARIES
+from .sinkhorn_paths import DEFAULT_MEMORY_BUDGET_BYTES, PATHS, choose
+from .sinkhorn_solver import DenseBackend, column_potentials, solve
 
 __all__ = [
     "COSTS",
     "DEFAULT_MEMORY_BUDGET_BYTES",
     "MASK_THRESHOLD",
+    "PATHS",
     "sinkhorn_plan",
     "adversarial_attention",
     "attention_path",
@@ -201,30 +202,14 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------
-# the plan, and the dense path
+# the plan: the dense reference
 # ---------------------------------------------------------------------------
-
-def _dense_potential(logits: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Column potentials g, (B, H, 1, Nk): ``iterations`` row then column updates."""
-    ratio = log_ratio(logits.shape[-2], logits.shape[-1])
-    g = logits.new_zeros(logits.shape[:-2] + (1, logits.shape[-1]))
-    for _ in range(iterations):
-        f = empty_to_zero(-torch.logsumexp(logits + g, dim=-1, keepdim=True))
-        g = empty_to_zero(-torch.logsumexp(logits + f, dim=-2, keepdim=True) + ratio)
-    return g
-
-
-def _dense_plan(q, k, multiplier, bias, iterations) -> torch.Tensor:
-    logits = logits_of(q, k, multiplier, bias)
-    plan = torch.softmax(logits + _dense_potential(logits, iterations), dim=-1)
-    # softmax of a row of -inf is NaN; such a row's plan is defined as zero
-    return zero_masked_rows(plan, admissible(bias, -1))
 
 
 def sinkhorn_plan(
     q, k, *, iterations=2, lam=1.0, cost="adversarial", mask=None, scale=None, enable_gqa=False
 ) -> torch.Tensor:
-    r"""The row-stochastic ASAG transport plan.
+    r"""The row-stochastic ASAG transport plan (the dense reference of every path).
 
     Args:
         q: queries, (B, H, Nq, D).
@@ -256,21 +241,17 @@ def sinkhorn_plan(
     work = work_dtype(q)
     bias = mask_bias(mask, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), q.device, work)
     multiplier = logit_multiplier(cost, lam, scale, q.shape[-1])
-    return _dense_plan(q.to(work), repeat_kv(k.to(work), q.shape[1]), multiplier, bias, iterations)
+    dense = _dense(q.to(work), repeat_kv(k.to(work), q.shape[1]), None, multiplier, bias)
+    return dense.plan(column_potentials(dense, iterations))
 
 
-def _dense_attention(q, k, v, multiplier, bias, iterations) -> torch.Tensor:
-    return torch.matmul(_dense_plan(q, k, multiplier, bias, iterations), v)
+def _dense(q, k, v, multiplier, bias) -> DenseBackend:
+    return DenseBackend(logits_of(q, k, multiplier, bias), v, admissible(bias, -1))
 
 
 # ---------------------------------------------------------------------------
-# attention: validate, choose a path, call it
+# attention: validate, choose a path, run its backend
 # ---------------------------------------------------------------------------
-
-def _auto_chunk_rows(bh: int, nk: int, budget: int) -> int:
-    # the fused and portable paths: each chunk holds about three (rows x Nk) float32 temporaries per head
-    per_row = max(1, bh * nk * 4 * 3)
-    return max(1, budget // per_row)
 
 
 def _with_input_nans(out, q, k, v, iterations) -> torch.Tensor:
@@ -289,47 +270,44 @@ def _with_input_nans(out, q, k, v, iterations) -> torch.Tensor:
     return out.add_(q_rows * 0.0 + k_head * 0.0 + v_cols * 0.0)
 
 
-def _run_path(path, q, k, v, multiplier, bias, iterations, chunk_size, budget) -> torch.Tensor:
-    """One of the work-dtype paths (dense, blocked, fused, portable) on (B, H, N, D) q, k, v."""
-    b, h, nq, d = q.shape
-    nk = k.shape[2]
-    if path == "dense":
-        return _dense_attention(q, k, v, multiplier, bias, iterations)
-    if path == "blocked":  # a chunk_size asks for blocks of that many rows only: no logits cache
-        rows, cache = (chunk_size, 0) if chunk_size else (sinkhorn_blocked.DEFAULT_ROWS, None)
-        geometry = sinkhorn_blocked.geometry(h, nq, nk, rows, q.element_size(), budget, cache)
-        return sinkhorn_blocked.attention(q, k, v, multiplier, bias, iterations, *geometry)
-    if path == "fused" and sinkhorn_fused.usable(q, v):
-        rows = chunk_size or _auto_chunk_rows(b * h, max(nq, nk), budget)
-        try:
-            return sinkhorn_fused.attention(q, k, v, multiplier, bias, iterations, rows)
-        except sinkhorn_fused.KernelFailed as err:
-            sinkhorn_fused.disable(err)
-    rows = chunk_size or _auto_chunk_rows(b * h, nk, budget)
-    return sinkhorn_chunked.attention(q, k, v, multiplier, bias, iterations, rows)
-
-
-def _work_attention(path, q, k, v, multiplier, mask, iterations, chunk_size, budget):
-    """The CPU paths: float32 (float64) copies, kv heads repeated, the mask as a bias; then NaN and empty rows."""
+def _work_path(path, q, k, v, multiplier, mask, iterations, chunk_size, budget, kernels):
+    """The dense and blocked paths: float32 (float64) copies, kv heads repeated, the mask as a bias."""
     work = work_dtype(q)
-    qw, kw, vw = (t.to(work) for t in (q, k, v))
     heads = q.shape[1]
-    kw, vw = repeat_kv(kw, heads), repeat_kv(vw, heads)
+    qw, kw, vw = q.to(work), repeat_kv(k.to(work), heads), repeat_kv(v.to(work), heads)
     bias = None if mask is None else additive(mask, work)
-    out = _run_path(path, qw, kw, vw, multiplier, bias, iterations, chunk_size, budget)
-    out = zero_masked_rows(_with_input_nans(out, qw, kw, vw, iterations), admissible(bias, -1))
+    if path == "dense":
+        return solve(_dense(qw, kw, vw, multiplier, bias), iterations), (qw, kw, vw)
+    h, nq, nk = qw.shape[1], qw.shape[2], kw.shape[2]
+    # a chunk_size asks for blocks of that many rows only: no logits cache
+    rows, cache = (chunk_size, 0) if chunk_size else (sinkhorn_blocked.DEFAULT_ROWS, None)
+    geometry = sinkhorn_blocked.geometry(h, nq, nk, rows, qw.element_size(), budget, cache)
+    flash = kernels["flash"] if q.device.type == "cpu" else None  # the fused output pass: CPU only
+    out = sinkhorn_blocked.attention(qw, kw, vw, multiplier, bias, iterations, *geometry, flash)
+    return out, (qw, kw, vw)
+
+
+def attention_heads(q, k, v, multiplier, mask, iterations, path, chunk_size=None,
+                    budget=DEFAULT_MEMORY_BUDGET_BYTES, kernels=None) -> torch.Tensor:
+    """The attention of (B, H, Nq, D) q and (B, H_kv, Nk, ·) k, v on the named ``path`` ("dense", "blocked",
+    "kernel"), inputs checked: logit multiplier ``multiplier``, 4-D ``mask`` or None. ``kernels``: the
+    fused attention kernels (:data:`asag_core.sinkhorn_kernel.CUDA_KERNELS`' contract) of the kernel path
+    and of the blocked path's CPU output pass; None for the device's own. Returns (B, H, Nq, Dv) of q's
+    dtype, NaN and empty rows as defined (module docstring)."""
+    kernels = sinkhorn_kernel.kernels_for(q.device) if kernels is None else kernels
+    out = None
+    if path == "kernel":
+        rows = chunk_size or sinkhorn_kernel.mask_rows(q, k, mask)
+        try:
+            out, inputs = sinkhorn_kernel.attention(q, k, v, multiplier, mask, iterations, rows, kernels), (q, k, v)
+        except sinkhorn_kernel.KernelFailed as err:
+            warnings.warn(f"ASAG: a fused attention kernel failed ({err}); this call runs the blocked path",
+                          RuntimeWarning, stacklevel=2)
+            path = "blocked"
+    if out is None:
+        out, inputs = _work_path(path, q, k, v, multiplier, mask, iterations, chunk_size, budget, kernels)
+    out = zero_masked_rows(_with_input_nans(out, *inputs, iterations), admissible(mask, -1))
     return out.to(q.dtype)
-
-
-def _kernel_attention(q, k, v, multiplier, mask, iterations, chunk_size):
-    """The kernel path (CUDA, meta): inputs in their own dtype, kv heads grouped inside."""
-    rows = chunk_size or sinkhorn_kernel.mask_rows(q, k, mask)
-    try:
-        out = sinkhorn_kernel.attention(q, k, v, multiplier, mask, iterations, rows)
-    except sinkhorn_kernel.KernelFailed as err:
-        sinkhorn_kernel.disable(err)
-        return None
-    return zero_masked_rows(_with_input_nans(out, q, k, v, iterations), admissible(mask, -1))
 
 
 def _layout(q, k, v, heads, mask, skip_reshape, enable_gqa):
@@ -364,13 +342,15 @@ def attention_path(
     memory_budget_bytes=DEFAULT_MEMORY_BUDGET_BYTES,
     scale=None,
     enable_gqa=False,
+    path=None,
 ) -> str:
-    """The path :func:`adversarial_attention` takes for these arguments: one of
-    :data:`asag_core.sinkhorn_paths.PATHS` ("empty", "dense", "kernel", "blocked", "fused",
-    "portable"). Validates like the call itself; computes nothing."""
+    """The path :func:`adversarial_attention` takes for these arguments: "empty" (Nq or Nk = 0), or one of
+    :data:`asag_core.sinkhorn_paths.PATHS` ("dense", "blocked", "kernel"): ``path`` itself where given,
+    else the rule's choice. Validates like the call itself; computes nothing. (A kernel that raises
+    during the call still sends that call to the blocked path, with a warning.)"""
     _check_call(q, k, v, heads, iterations, lam, cost, chunk_size, skip_reshape, scale, enable_gqa)
     shapes = _layout(q, k, v, heads, mask, skip_reshape, enable_gqa)[-1]
-    return choose(q.device, q.dtype, *shapes, chunk_size, memory_budget_bytes)
+    return choose(q.device, q.dtype, *shapes, chunk_size, memory_budget_bytes, path)
 
 
 def adversarial_attention(
@@ -389,6 +369,7 @@ def adversarial_attention(
     memory_budget_bytes=DEFAULT_MEMORY_BUDGET_BYTES,
     scale=None,
     enable_gqa=False,
+    path=None,
 ) -> torch.Tensor:
     r"""Attention with the ASAG plan: ``sinkhorn_plan(q, k) @ v``.
 
@@ -396,8 +377,8 @@ def adversarial_attention(
     unless ``skip_reshape`` (then (B, H, N, D)); the output is (B, Nq, H*D)
     unless ``skip_output_reshape`` (then (B, H, Nq, D)). ``heads`` is the query
     head count. The result has the dtype of ``q``; the computation is float32
-    (float64 for float64 inputs) except on the kernel path (CUDA), which keeps
-    the inputs' dtype as attention kernels do (module docstring, "Numerics").
+    (float64 for float64 inputs) except on the kernel path, which keeps the
+    inputs' dtype as attention kernels do (module docstring, "Numerics").
 
     ``scale`` and ``enable_gqa`` mean what they mean for
     :func:`torch.nn.functional.scaled_dot_product_attention`: the logit scale
@@ -407,24 +388,24 @@ def adversarial_attention(
     q's inner size / ``heads`` and k's and v's head count their inner size / D
     (v's / its own head dim, the same count).
 
-    The path is :func:`attention_path`'s: ``chunk_size`` (query rows per block)
-    forces a memory-bounded path; ``memory_budget_bytes`` bounds the dense path's
-    peak and the bounded paths' buffers. Paths agree to ~1e-6 for unit-scale
-    logits in float32 and to float32 conditioning beyond (module docstring,
-    "Precision"). Fully masked query rows give zero output; Nq = 0 or Nk = 0
-    give SDPA's empty or zero output.
+    ``path`` names the backend: "dense" (the reference, whole logits), "blocked"
+    (bounded blocks; CPU's default) or "kernel" (fused attention kernels; CUDA's
+    default, on CPU PyTorch's CPU flash kernel); None (the default) lets
+    :func:`attention_path`'s rule choose (:mod:`asag_core.sinkhorn_paths`). A
+    named path that cannot run the call is a ValueError. ``chunk_size`` (query
+    rows per block) asks for a memory-bounded path; ``memory_budget_bytes``
+    bounds the dense path's peak in the rule and the blocked path's buffers.
+    Paths agree to ~1e-6 for unit-scale logits in float32 and to float32
+    conditioning beyond (module docstring, "Precision"). Fully masked query rows
+    give zero output; Nq = 0 or Nk = 0 give SDPA's empty or zero output.
     """
     _check_call(q, k, v, heads, iterations, lam, cost, chunk_size, skip_reshape, scale, enable_gqa)
     qh, kh, vh, mask4, shapes = _layout(q, k, v, heads, mask, skip_reshape, enable_gqa)
     b, h, nq, nk, d, dv = shapes
-    path = choose(q.device, q.dtype, *shapes, chunk_size, memory_budget_bytes)
-    multiplier = logit_multiplier(cost, lam, scale, d)
-    out = None
-    if path == "empty":
+    chosen = choose(q.device, q.dtype, *shapes, chunk_size, memory_budget_bytes, path)
+    if chosen == "empty":
         out = q.new_zeros((b, h, nq, dv))
-    elif path == "kernel":
-        out = _kernel_attention(qh, kh, vh, multiplier, mask4, iterations, chunk_size)
-        path = "portable" if out is None else path
-    if out is None:
-        out = _work_attention(path, qh, kh, vh, multiplier, mask4, iterations, chunk_size, memory_budget_bytes)
+    else:
+        multiplier = logit_multiplier(cost, lam, scale, d)
+        out = attention_heads(qh, kh, vh, multiplier, mask4, iterations, chosen, chunk_size, memory_budget_bytes)
     return out if skip_output_reshape else out.transpose(1, 2).reshape(b, nq, h * dv)

@@ -1,6 +1,6 @@
-r"""The memory-bounded ASAG attention on CPU: small blocks, one softmax per block and pass.
+r"""The memory-bounded backend of the ASAG attention on CPU (and other devices without the kernel path).
 
-Each Sinkhorn iteration of :mod:`asag_core.sinkhorn` needs a row update and a
+Each Sinkhorn iteration (:mod:`asag_core.sinkhorn_solver`) needs a row update and a
 column update. Over a block of rows (of a group of heads) both come from one
 row softmax. With the current column potential :math:`g`,
 
@@ -18,20 +18,22 @@ column update is a column sum of the softmax,
         = g_j - \log \sum_i P_{ij} + \log\frac{N_q}{N_k},
 
 accumulated over the blocks (Sinkhorn-Knopp's scaling form, Cuturi 2013, with
-the log-domain shift per row that softmax takes, as in Schmitzer 2019). One pass
-over the logits per iteration: one matmul, PyTorch's fused row softmax (max,
-exponential, sum and scaling of a row while it sits in cache) and a column sum;
-then one more pass for the output :math:`\operatorname{softmax}_j(L_{ij} + g_j)\,V`.
-The fused path (:mod:`asag_core.sinkhorn_fused`) takes two full attention calls
-per iteration for the same work.
+the log-domain shift per row that softmax takes, as in Schmitzer 2019). So this
+backend replaces the solver's iteration step by one pass over the logits: one
+matmul, PyTorch's fused row softmax (max, exponential, sum and scaling of a row
+while it sits in cache) and a column sum; then one more pass for the output
+:math:`\operatorname{softmax}_j(L_{ij} + g_j)\,V`. Two separate log-sum-exp
+passes (the solver's default step) would read the logits twice per iteration
+and take an exponential of every logit in each.
 
 Heads are processed in groups, all iterations of a group before the next (the
 potentials of different heads are independent). Where one group's logits fit
 :data:`CACHE_BYTES` (and the memory budget) they are computed once, by one
 matmul, and kept for the group's passes ("cached"); otherwise every pass
-recomputes them block by block ("streamed") and the output pass is one call of
-PyTorch's fused CPU attention kernel with :math:`g` as a key bias (when it is
-there and Dv = D; else the block loop with :math:`PV`).
+recomputes them block by block ("streamed"). On CPU the output of the streamed
+rows is one call of PyTorch's fused CPU flash-attention kernel with :math:`g` as
+a key bias (when Dv = D): it never writes a block of logits. If that kernel
+raises, the call warns and computes those rows by blocks instead.
 
 Log-domain fallback. :math:`P_{ij}` is relative to its row's own total, so a
 column whose logits lie far below every row maximum (large :math:`\lambda`,
@@ -39,13 +41,13 @@ e.g. 10, with realistic logit magnitudes) sums to a number that underflows,
 possibly to 0 (float32 flushes below ~1e-38). Where a column sum falls below
 :func:`underflow` (:math:`\sqrt{\text{tiny}}`: 1e-19 in float32, so the flushed
 terms change it by less than :math:`N\sqrt{\text{tiny}}` relative), that
-column's potential is recomputed in the log domain,
-:math:`-\operatorname{logsumexp}_i(L_{ij} + f_i)`, over the rows in blocks,
-after one more pass for the row potentials :math:`f`: extra work only where
-columns underflow. Columns without any admissible pair are not recomputed: their
-potential is 0 by definition. The row sums need no fallback: softmax shifts each
-row by its maximum, so its sum is at least 1 before the scaling and nothing
-overflows. Rows without an admissible key (all masked) get a zero softmax row.
+column's potential is recomputed by the solver's own half-steps, row update
+then :math:`-\operatorname{logsumexp}_i(L_{ij} + f_i)` over the rows in blocks
+for those columns only: extra work only where columns underflow. Columns without
+any admissible pair are not recomputed: their potential is 0 by definition. The
+row sums need no fallback: softmax shifts each row by its maximum, so its sum is
+at least 1 before the scaling and nothing overflows. Rows without an admissible
+key (all masked) get a zero softmax row.
 
 Memory. The block buffers, the cache and the scaled queries are allocated once
 per call and reused by every group, block and pass, so no pass pays first-touch
@@ -54,15 +56,19 @@ thresholded one block at a time.
 
 References: M. Cuturi, "Sinkhorn Distances", NeurIPS 2013; B. Schmitzer,
 "Stabilized Sparse Scaling Algorithms for Entropy Regularized Transport
-Problems", SIAM J. Sci. Comput. 2019.
+Problems", SIAM J. Sci. Comput. 2019; T. Dao et al., "FlashAttention", NeurIPS
+2022 (the fused output pass).
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from . import sinkhorn_fused
-from .sinkhorn_common import admissible, bias_rows, empty_to_zero, log_ratio, masked_bias
+from . import sinkhorn_solver as solver
+from .sinkhorn_common import admissible, bias_rows, log_ratio, masked_bias
+from .sinkhorn_kernel import KernelFailed, run_kernel
 
 #: Query rows per block by default: measured on CPU (1 thread), 128-256-row blocks keep the
 #: matmuls near their full speed, 32-64 rows cost 10-25 % more time.
@@ -72,7 +78,7 @@ ROW_BLOCK_ELEMENTS = 1 << 21
 #: Elements of one block of a group of heads (heads x rows x Nk) when the logits are streamed: 4 MiB.
 BLOCK_ELEMENTS = 1 << 20
 #: A group of heads keeps its logits for all passes when they fit in this many bytes; else the first
-#: rows' logits, as many as fit. 8 MiB keeps the call's peak below the fused path's (measured).
+#: rows' logits, as many as fit. 8 MiB keeps the call's peak at or below the kernel path's on CPU.
 CACHE_BYTES = 8 << 20
 
 try:  # PyTorch's row softmax into a given buffer (in place where the buffer is the input)
@@ -92,11 +98,6 @@ def _softmax(x, out):
 def underflow(dtype) -> float:
     """Column sums below this are recomputed in the log domain (see the module docstring)."""
     return torch.finfo(dtype).tiny ** 0.5
-
-
-def usable(device) -> bool:
-    """Whether this path runs on ``device`` (CPU; it computes in the float32/64 work dtype)."""
-    return device.type == "cpu"
 
 
 def geometry(heads: int, nq: int, nk: int, rows: int, itemsize: int, budget: int, cache_bytes=None):
@@ -125,21 +126,24 @@ def _at(x, bi, hs, rs=None):
     return x if rs is None or x.shape[1] == 1 else x[:, rs]
 
 
-class _Group:
+class BlockedBackend(solver.Backend):
     """One group of heads ``hs`` of batch element ``bi``: its scaled queries, keys, values and mask,
-    the logits of its first ``cached`` rows, and the block buffer."""
+    the logits of its first ``cached`` rows, and the block buffer. f is (n, Nq, 1), g (n, 1, Nk)."""
 
     def __init__(self, shared, bi, hs):
-        q, k, v, multiplier, bias, rows, buf, cache, scaled = shared
+        q, k, v, multiplier, bias, rows, buf, cache, scaled, flash = shared
         n = hs.stop - hs.start
         # the logits' queries, contiguous, in a buffer every group reuses (no fresh pages per group)
         self.a = torch.mul(q[bi, hs], multiplier, out=scaled[:n])
-        self.k, self.v = k[bi, hs], v[bi, hs]
+        self.k, self.v, self.flash = k[bi, hs], v[bi, hs], flash
+        self.ratio = log_ratio(q.shape[2], k.shape[2])
         self.row_bias = None if bias is None or bias.shape[-2] == 1 else _at(bias, bi, hs)
         self.key_bias = None if bias is None or self.row_bias is not None else masked_bias(_at(bias, bi, hs))
-        self.col_ok = admissible(None if bias is None else _at(bias, bi, hs), -2)
-        row_ok = admissible(None if bias is None else _at(bias, bi, hs), -1)
-        self.empty_rows = None if row_ok is None else ~row_ok  # rows without an admissible key
+        # exact log-sum-exps (-inf on empty lines): the solver needs no row_ok / col_ok; the fused step
+        # and the softmax blocks use these
+        self.cols_ok = admissible(None if bias is None else _at(bias, bi, hs), -2)
+        rows_ok = admissible(None if bias is None else _at(bias, bi, hs), -1)
+        self.empty_rows = None if rows_ok is None else ~rows_ok  # rows without an admissible key
         self.rows = rows
         self.buf = buf.view(-1)  # each block takes a contiguous view of its front
         self.cache = cache[:n]
@@ -197,88 +201,105 @@ class _Group:
             p.masked_fill_(bias_rows(self.empty_rows, rs.start, rs.stop), 0.0)
         return p
 
-    def row_potentials(self, g):
-        """f = -logsumexp_j(L + g), (n, Nq, 1), for the column potentials ``g`` (None for 0); 0 for rows
-        without an admissible key. One more pass, taken only by the log-domain fallback."""
-        f = self.a.new_empty((self.a.shape[0], self.a.shape[1], 1))
+    def row_lse(self, g):
+        """logsumexp_j(L + g), (n, Nq, 1): one more pass, taken only by the log-domain fallback."""
+        lse = self.a.new_empty((self.a.shape[0], self.a.shape[1], 1))
         for rs in self.row_blocks():
             block = self.column_logits(rs, slice(None))
-            f[:, rs] = -torch.logsumexp(block if g is None else block + g, dim=-1, keepdim=True)
-        return empty_to_zero(f)
+            lse[:, rs] = torch.logsumexp(block if g is None else block + g, dim=-1, keepdim=True)
+        return lse
 
+    def column_lse(self, f, cols=None):
+        """logsumexp_i(L + f), (n, 1, Nk), or of the columns ``cols`` only (a LongTensor)."""
+        cols = slice(None) if cols is None else cols
+        width = self.k.shape[1] if isinstance(cols, slice) else cols.numel()
+        lse = self.a.new_full((self.a.shape[0], 1, width), float("-inf"))
+        for rs in self.row_blocks():
+            block = self.column_logits(rs, cols) + f[:, rs]
+            lse = torch.logaddexp(lse, torch.logsumexp(block, dim=-2, keepdim=True))
+        return lse
 
-def _update(grp: _Group, g, ratio):
-    """One Sinkhorn iteration of the group: its new column potentials g, (n, 1, Nk)."""
-    n, nq, _ = grp.a.shape
-    col = grp.a.new_zeros((n, 1, grp.k.shape[1]))
-    shift = grp.shift(g)
-    ones = grp.a.new_ones((n, 1, min(grp.rows, nq)))
-    for rs in grp.row_blocks():  # column sums as a matrix-vector product: faster than a sum over rows
-        col.baddbmm_(ones[..., : rs.stop - rs.start], grp.softmax_block(rs, shift))
-    g_new = col.log().neg_().add_(ratio)
-    if g is not None:
-        g_new.add_(g)
-    low = col < underflow(col.dtype)
-    if grp.col_ok is not None:
-        low &= grp.col_ok
-        g_new.masked_fill_(~grp.col_ok, 0.0)
-    if bool(low.any()):
-        _log_domain_columns(grp, grp.row_potentials(g), low, g_new, ratio)
-    return g_new
+    def step(self, g):
+        """One Sinkhorn iteration from one row softmax per block (module docstring), the log-domain
+        half-steps of the solver for the columns whose sum underflows."""
+        n, nq, _ = self.a.shape
+        col = self.a.new_zeros((n, 1, self.k.shape[1]))
+        shift = self.shift(g)
+        ones = self.a.new_ones((n, 1, min(self.rows, nq)))
+        for rs in self.row_blocks():  # column sums as a matrix-vector product: faster than a sum over rows
+            col.baddbmm_(ones[..., : rs.stop - rs.start], self.softmax_block(rs, shift))
+        g_new = col.log().neg_().add_(self.ratio)
+        if g is not None:
+            g_new.add_(g)
+        low = col < underflow(col.dtype)
+        if self.cols_ok is not None:
+            low &= self.cols_ok
+        g_new = solver.line_potential(g_new, self.cols_ok)
+        if bool(low.any()):
+            self._log_domain_columns(solver.row_potential(self, g), low, g_new)
+        return g_new
 
+    def _log_domain_columns(self, f, low, g) -> None:
+        """g (in place) at the columns flagged ``low``: the solver's column update for those columns."""
+        cols = low.flatten(0, -2).any(0).nonzero().flatten()
+        fresh = solver.line_potential(self.column_lse(f, cols).neg().add(self.ratio))
+        g[..., cols] = torch.where(low[..., cols], fresh, g[..., cols])
 
-def _log_domain_columns(grp: _Group, f, low, g, ratio) -> None:
-    """g (in place) at the columns flagged ``low``: -log sum_i exp(L_ij + f_i) + ratio."""
-    cols = low.flatten(0, -2).any(0).nonzero().flatten()
-    lse = grp.a.new_full((grp.a.shape[0], 1, cols.numel()), float("-inf"))
-    for rs in grp.row_blocks():
-        block = grp.column_logits(rs, cols) + f[:, rs]
-        lse = torch.logaddexp(lse, torch.logsumexp(block, dim=-2, keepdim=True))
-    fresh = empty_to_zero(-lse + ratio)
-    g[..., cols] = torch.where(low[..., cols], fresh, g[..., cols])
+    def output(self, g, out=None):
+        """``out`` (n, Nq, Dv) = softmax_j(L + g) V: the cached rows by blocks, the others by the fused
+        CPU kernel where it runs (by blocks if it raises)."""
+        shift = self.shift(g)
+        out = self.a.new_empty(self.a.shape[:2] + self.v.shape[-1:]) if out is None else out
+        rest = self.a.shape[1]
+        if self.cached < rest and self.flash is not None and self.v.shape[-1] == self.a.shape[-1]:
+            rs = slice(self.cached, rest)
+            try:
+                out[:, rs] = self._flash_output(rs, shift)
+                rest = self.cached
+            except KernelFailed as err:
+                warnings.warn(f"ASAG: PyTorch's fused CPU attention kernel failed ({err}); this call computes "
+                              "its output by blocks", RuntimeWarning, stacklevel=2)
+        for rs in self.row_blocks(0, rest):  # the cached rows, and the others where the kernel did not run
+            out[:, rs] = torch.bmm(self.softmax_block(rs, shift), self.v)
+        return out
 
-
-def _output(grp: _Group, g, out):
-    """``out`` (n, Nq, Dv) = softmax_j(L + g) V for the group: the cached rows by blocks, the others
-    by the fused kernel where it runs."""
-    shift = grp.shift(g)
-    rest = grp.a.shape[1]
-    if grp.cached < rest and sinkhorn_fused.usable(grp.a, grp.v):
-        rs = slice(grp.cached, rest)
-        bias = None if grp.row_bias is None else grp.row_bias[None, :, rs]
+    def _flash_output(self, rows, shift):
+        """softmax_j(L + shift) V of the rows ``rows`` by the fused kernel (queries carry the multiplier,
+        kernel scale 1): one call with a key-only mask as a broadcast view, else one per block of rows."""
+        a, k, v = self.a[None, :, rows], self.k[None], self.v[None]
+        n, na, nk = a.shape[1], a.shape[2], k.shape[2]
         potential = None if shift is None else shift[None]  # the key bias in it is thresholded
-        try:
-            out[:, rs] = sinkhorn_fused.output(grp.a[None, :, rs], grp.k[None], grp.v[None], bias, potential,
-                                               grp.rows)[0]
-            rest = grp.cached
-        except sinkhorn_fused.KernelFailed as err:
-            sinkhorn_fused.disable(err)
-    for rs in grp.row_blocks(0, rest):  # the cached rows, and the others where the kernel did not run
-        out[:, rs] = torch.bmm(grp.softmax_block(rs, shift), grp.v)
+        if self.row_bias is None:  # the kernel's own output (no copy into fresh pages)
+            mask = None if potential is None else potential.expand(1, n, na, nk)
+            return run_kernel(self.flash, "flash", a, k, v, mask, 1.0)[0][0]
+        bias = self.row_bias[None, :, rows]
+        out = a.new_empty((1, n, na, v.shape[-1]))
+        for start in range(0, na, self.rows):
+            stop = min(na, start + self.rows)
+            mask = masked_bias(bias_rows(bias, start, stop), potential).expand(1, n, stop - start, nk)
+            out[:, :, start:stop] = run_kernel(self.flash, "flash", a[:, :, start:stop], k, v, mask, 1.0)[0]
+        return out[0]
 
 
-def attention(q, k, v, multiplier, bias, iterations, rows, group, cached):
+def attention(q, k, v, multiplier, bias, iterations, rows, group, cached, flash=None):
     """``P V`` for the plan P of :mod:`asag_core.sinkhorn`, (B, H, Nq, Dv), in bounded extra memory.
 
-    ``q``, ``k``, ``v`` (B, H, N, D) in the work dtype (CPU); ``multiplier`` = sign * lam * logit scale;
+    ``q``, ``k``, ``v`` (B, H, N, D) in the work dtype; ``multiplier`` = sign * lam * logit scale;
     ``bias`` the additive mask (broadcastable, unthresholded) or None; ``rows``, ``group`` (heads per
-    group) and ``cached`` (rows whose logits a group keeps) from :func:`geometry`. Rows without an
-    admissible key get 0.
+    group) and ``cached`` (rows whose logits a group keeps) from :func:`geometry`; ``flash`` a fused
+    attention kernel ``(q, k, v, bias, scale) -> (output, lse)`` for the output of streamed rows, or
+    None for blocks. Rows without an admissible key get 0.
     """
     b, h, nq, _ = q.shape
     nk = k.shape[2]
     buf = q.new_empty((min(group, h), min(rows, nq), nk))
     cache = q.new_empty((min(group, h), cached, nk))
     scaled = q.new_empty((min(group, h), nq, q.shape[-1]))
-    shared = (q, k.contiguous(), v.contiguous(), multiplier, bias, rows, buf, cache, scaled)
-    ratio = log_ratio(nq, nk)
+    shared = (q, k.contiguous(), v.contiguous(), multiplier, bias, rows, buf, cache, scaled, flash)
     out = q.new_empty((b, h, nq, v.shape[-1]))
     for bi in range(b):
         for h0 in range(0, h, group):
             hs = slice(h0, min(h, h0 + group))
-            grp = _Group(shared, bi, hs)
-            g = None
-            for _ in range(iterations):
-                g = _update(grp, g, ratio)
-            _output(grp, g, out[bi, hs])
+            backend = BlockedBackend(shared, bi, hs)
+            backend.output(solver.column_potentials(backend, iterations), out[bi, hs])
     return out

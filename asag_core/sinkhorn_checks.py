@@ -17,14 +17,14 @@ COSTS = ("adversarial", "similarity", "uniform")
 
 
 def check_params(iterations, lam, cost) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, int):
-        raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    """The one check of the Sinkhorn parameters, with its one wording: :func:`asag_core.sinkhorn.sinkhorn_plan`,
+    :func:`asag_core.sinkhorn.adversarial_attention` and :class:`asag_core.guidance.ASAGSettings` all call it."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
     try:
         lam_f = float(lam)
     except (TypeError, ValueError):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}") from None
+        lam_f = math.nan
     if not math.isfinite(lam_f) or lam_f < 0:
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
     if cost not in COSTS:

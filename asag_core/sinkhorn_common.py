@@ -1,19 +1,20 @@
-r"""Log-domain pieces shared by the three implementations of the ASAG attention.
+r"""Log-domain pieces shared by the ASAG attention's backends and its entry points.
 
 The definitions (logits, potentials, masks, NaN) are in the docstring of
-:mod:`asag_core.sinkhorn`; this module holds what the dense path
-(:mod:`asag_core.sinkhorn`), the fused CPU path (:mod:`asag_core.sinkhorn_fused`)
-and the portable chunked path (:mod:`asag_core.sinkhorn_chunked`) all compute the
-same way:
+:mod:`asag_core.sinkhorn`; this module holds what the dense reference
+(:mod:`asag_core.sinkhorn_solver`), the blocked backend
+(:mod:`asag_core.sinkhorn_blocked`), the kernel backend
+(:mod:`asag_core.sinkhorn_kernel`) and the entry points compute the same way:
 
 - the additive bias of a mask, and where a pair counts as masked: its bias is at
   or below :data:`MASK_THRESHOLD` (set to :math:`-\infty` before any
-  exponential is taken, one block of rows at a time on the bounded paths);
+  exponential is taken, one block of rows at a time on the bounded backends);
+- which lines (rows, columns) have an admissible pair at all;
 - the logits :math:`L = c\, QK^\top + \text{bias}` with :math:`c = s\lambda\sigma`
   (:math:`\sigma` the logit scale, :math:`1/\sqrt{D}` by default);
-- potentials of empty lines: a row (column) whose pairs are all masked has
-  :math:`f_i = +\infty` (:math:`g_j = +\infty`); it is set to 0, which changes
-  no admissible mass. NaN is never replaced: it reaches the output.
+- the output rows of queries without an admissible key, set to 0.
+
+The potentials of empty lines are set in one place, :func:`asag_core.sinkhorn_solver.line_potential`.
 """
 
 from __future__ import annotations
@@ -122,11 +123,6 @@ def logits_of(q, k, multiplier: float, bias=None) -> torch.Tensor:
     if bias is not None:
         out.add_(masked_bias(bias))  # q and k have full token axes, so out has the broadcast shape
     return out
-
-
-def empty_to_zero(potential: torch.Tensor) -> torch.Tensor:
-    """A potential with its +inf entries (lines without any admissible pair) set to 0; NaN stays NaN."""
-    return potential.masked_fill(potential == float("inf"), 0.0)
 
 
 def zero_masked_rows(x: torch.Tensor, row_ok: Optional[torch.Tensor]) -> torch.Tensor:

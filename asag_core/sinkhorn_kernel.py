@@ -1,7 +1,8 @@
-r"""The ASAG attention on CUDA (and the meta device) as fused attention-kernel passes.
+r"""The kernel backend of the ASAG attention: CUDA (and the meta device), fused attention-kernel passes.
 
-Every half-step of :mod:`asag_core.sinkhorn` is an attention-like pass that
-needs only a log-sum-exp: with the logit multiplier :math:`c` and potentials,
+Every half-step of the iteration (:mod:`asag_core.sinkhorn_solver`) is an
+attention-like pass that needs only a log-sum-exp: with the logit multiplier
+:math:`c` and potentials,
 
 .. math::
 
@@ -45,26 +46,33 @@ the row passes (a masked key gets :math:`t^{(1)} = -\infty`) and shifts the
 column lse of its key. A mask with a query axis goes to the efficient kernel
 as its bias, in blocks of rows (columns, transposed, for the column pass) of
 at most :data:`BIAS_BYTES`, thresholded at
-:data:`~asag_core.sinkhorn_common.MASK_THRESHOLD` on the block. Lines without an
-admissible pair get potential 0 as on every path.
+:data:`~asag_core.sinkhorn_common.MASK_THRESHOLD` on the block. A kernel returns
+a finite log-sum-exp (not :math:`-\infty`) for a line without an admissible
+pair, so this backend tells the solver which lines are admissible (``row_ok``,
+``col_ok``) and the solver sets their potentials to 0, as on every path.
 
 Which kernel: the flash kernel for fp16/bf16 inputs without a query-axis mask,
 else the efficient one (also float32). On the meta device the same calls run
 (their meta registrations give shapes only), so the path's op count, bytes
 moved and temporaries can be counted without a GPU
-(``benchmarks/attention_accounting.py``). :data:`KERNELS` maps the two names to
-the kernel functions; a test may swap them for :func:`cpu_kernel` (PyTorch's CPU
-flash kernel, the same contract) to check the numbers on CPU.
+(``benchmarks/attention_accounting.py``). On CPU, where the path runs only when a
+caller names it (``path="kernel"``), PyTorch's CPU flash kernel, which has the same
+contract, stands in for both (:data:`CPU_KERNELS`): the tests check this
+backend's numbers that way without a GPU.
+
+A kernel call that raises becomes :class:`KernelFailed`; the caller
+(:func:`asag_core.sinkhorn.adversarial_attention`) then warns and runs the
+blocked path for that call. Nothing is remembered between calls.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 
-from .sinkhorn_common import additive, admissible, empty_to_zero, log_ratio, masked_bias
+from . import sinkhorn_solver as solver
+from .sinkhorn_common import additive, admissible, log_ratio, masked_bias
 
 #: Extra head dimensions that carry a potential (three parts of the input dtype).
 EXTRA = 3
@@ -72,22 +80,24 @@ EXTRA = 3
 MAX_HEAD_DIM = 256
 #: Bytes of one block of a query-axis mask handed to the efficient kernel.
 BIAS_BYTES = 256 << 20
+#: Devices whose tensors this path takes when the caller leaves the path to the rule (auto).
 DEVICES = ("cuda", "meta")
-
-_LOG = logging.getLogger(__name__)
-_FAILED = None  # the error of a kernel call that raised: the path is off for the rest of the process
+#: Devices it runs on when a caller names it: on CPU, with :data:`CPU_KERNELS`.
+EXPLICIT_DEVICES = DEVICES + ("cpu",)
+#: Input dtypes the kernels take.
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class KernelFailed(RuntimeError):
-    """A kernel call raised; the caller falls back to the portable path."""
+    """A kernel call raised; the caller falls back to another path for this call."""
 
 
-def disable(error: BaseException) -> None:
-    """Stop using this path for the rest of the process (a kernel raised ``error``)."""
-    global _FAILED
-    if _FAILED is None:
-        _LOG.warning("ASAG: the fused attention kernel failed (%s); using the portable path from now on", error)
-    _FAILED = error
+def run_kernel(kernel, name, *args):
+    """``kernel(*args)``, its ``RuntimeError`` (a kernel that cannot run here) as :class:`KernelFailed`."""
+    try:
+        return kernel(*args)
+    except RuntimeError as err:
+        raise KernelFailed(f"{name}: {err}") from err
 
 
 def padded_dim(d: int, dv: int) -> int:
@@ -95,14 +105,15 @@ def padded_dim(d: int, dv: int) -> int:
     return (max(d + EXTRA, dv) + 7) // 8 * 8
 
 
-def usable(device, dtype, d: int, dv: int) -> bool:
-    """Whether this path runs: a CUDA (or meta) tensor of fp16/bf16/fp32 whose padded heads fit the kernels."""
-    return (
-        _FAILED is None
-        and device.type in DEVICES
-        and dtype in (torch.float16, torch.bfloat16, torch.float32)
-        and padded_dim(d, dv) <= MAX_HEAD_DIM
-    )
+def unusable(device, dtype, d: int, dv: int, devices=EXPLICIT_DEVICES):
+    """Why this path cannot run a call of this device, dtype and head dims; None if it can."""
+    if device.type not in devices:
+        return f"it runs on {', '.join(devices)}, not {device.type}"
+    if dtype not in DTYPES:
+        return f"its kernels take float16, bfloat16 or float32, not {str(dtype).replace('torch.', '')}"
+    if padded_dim(d, dv) > MAX_HEAD_DIM:
+        return f"head dims {d} (+{EXTRA}) and {dv} exceed its kernels' {MAX_HEAD_DIM}"
+    return None
 
 
 def _flash(q, k, v, bias, scale):
@@ -123,14 +134,14 @@ def cpu_kernel(q, k, v, bias, scale):
 
 
 #: kernel name -> function(q, k, v, bias or None, scale) -> (output, lse (B, H, Nq) float32)
-KERNELS = {"flash": _flash, "efficient": _efficient}
+CUDA_KERNELS = {"flash": _flash, "efficient": _efficient}
+#: The same contract on CPU (PyTorch's CPU flash kernel takes a bias and any of the dtypes).
+CPU_KERNELS = {"flash": cpu_kernel, "efficient": cpu_kernel}
 
 
-def _call(name, q, k, v, bias, scale):
-    try:
-        return KERNELS[name](q, k, v, bias, scale)
-    except RuntimeError as err:
-        raise KernelFailed(f"{name}: {err}") from err
+def kernels_for(device) -> dict:
+    """The kernels a call on ``device`` uses: the CPU stand-in on CPU, the CUDA kernels elsewhere (meta counts them)."""
+    return CPU_KERNELS if device.type == "cpu" else CUDA_KERNELS
 
 
 def mask_rows(q, k, mask) -> int:
@@ -145,9 +156,12 @@ def kernel_name(dtype, row_mask: bool) -> str:
     return "flash" if dtype in (torch.float16, torch.bfloat16) and not row_mask else "efficient"
 
 
-def _split(t: torch.Tensor, dtype):
-    """t (float32) as three ``dtype`` parts whose sum is t to ~24 bits; -inf stays in the first part."""
+def _split(t: torch.Tensor, dtype, parts=EXTRA):
+    """t (float32) as three ``dtype`` parts whose sum is t to ~24 bits; -inf stays in the first part.
+    ``parts=1``: t rounded to ``dtype`` alone, the other two 0 (what the split avoids)."""
     hi = t.to(dtype)
+    if parts == 1:
+        return hi, torch.zeros_like(hi), torch.zeros_like(hi)
     rest = (t - hi.float()).nan_to_num_(0.0, 0.0, 0.0)  # -inf - -inf: the masked key's other parts are 0
     mid = rest.to(dtype)
     return hi, mid, (rest - mid.float()).to(dtype)
@@ -156,9 +170,9 @@ def _split(t: torch.Tensor, dtype):
 class _Buffers:
     """The padded query and key buffers and the parameters of the fold (module docstring)."""
 
-    def __init__(self, q, k, multiplier):
+    def __init__(self, q, k, multiplier, parts=EXTRA):
         b, h, nq, d = q.shape
-        self.d, self.dtype = d, q.dtype
+        self.d, self.dtype, self.parts = d, q.dtype, parts
         self.dp = padded_dim(d, 0)
         self.scale = abs(multiplier) if multiplier != 0 else 1.0
         self.u = 2.0 ** round(-math.log2(self.scale))
@@ -176,7 +190,7 @@ class _Buffers:
         if potential is None:
             extra.fill_(self.u)
             return
-        for i, part in enumerate(_split(potential / (self.scale * self.u), self.dtype)):
+        for i, part in enumerate(_split(potential / (self.scale * self.u), self.dtype, self.parts)):
             extra[..., i] = part
 
 
@@ -199,28 +213,6 @@ def _bias_block(mask, rows, cols, transpose, dtype, rows_pad):
     return out
 
 
-def _lse_pass(queries, keys, values, mask, transpose, rows, scale, want_out=False):
-    """Row lse (B, H, Nq) float32 of ``scale * queries.keys``, plus the output if asked; a query-axis
-    ``mask`` (B|1, H|1, Nq, Nk) as a bias, ``rows`` query rows per call (its transpose for the column pass)."""
-    if mask is None:
-        out, lse = _call(kernel_name(queries.dtype, False), queries, keys, values, None, scale)
-        return lse, out
-    n = queries.shape[2]
-    lse = queries.new_empty(queries.shape[:3], dtype=torch.float32)
-    out = queries.new_empty(queries.shape[:3] + values.shape[-1:]) if want_out else None
-    pad = (keys.shape[2] + 15) // 16 * 16
-    b, h = queries.shape[:2]
-    for start in range(0, n, rows):
-        rs = slice(start, min(n, start + rows))
-        sel = (slice(None), rs) if transpose else (rs, slice(None))
-        bias = _bias_block(mask, *sel, transpose, queries.dtype, pad).expand(b, h, rs.stop - rs.start, -1)
-        o, block_lse = _call("efficient", queries[:, :, rs], keys, values, bias, scale)
-        lse[:, :, rs] = block_lse
-        if out is not None:
-            out[:, :, rs] = o
-    return lse, out
-
-
 def _key_bias(mask):
     """A mask without query axis as a natural-unit float32 key bias (B, H|1, 1, Nk), or None."""
     if mask is None or mask.shape[-2] != 1:
@@ -228,55 +220,87 @@ def _key_bias(mask):
     return masked_bias(additive(mask, torch.float32))
 
 
-def _row_and_column_ok(mask):
-    return admissible(mask, -1), admissible(mask, -2)
+def _squeezed(ok, dim):
+    return None if ok is None else ok.squeeze(dim)
 
 
-def attention(q, k, v, multiplier, mask, iterations, rows):
-    """``P V`` (B, H, Nq, Dv) in the input dtype, with ``2 * iterations + 1`` kernel calls.
+class KernelBackend(solver.Backend):
+    """The whole call as kernel passes; f (B, H, Nq) and g (B, H, Nk) float32.
 
     ``q`` (B, H, Nq, D), ``k``/``v`` (B, H_kv, Nk, ·) in their own dtype (H a multiple of H_kv);
     ``multiplier`` = sign * lam * logit scale; ``mask`` 4-D (bool or additive, broadcastable) or
-    None; ``rows`` query rows per kernel call where a mask has a query axis. Rows without an
-    admissible key are left to the caller to zero.
+    None; ``rows`` query rows per kernel call where a mask has a query axis; ``kernels`` the
+    functions of :data:`CUDA_KERNELS`' contract; ``parts`` the input-dtype numbers that carry each
+    potential (:data:`EXTRA`; 1 rounds it to the input dtype, for the tests of what the split buys).
     """
-    b, h, nq, _ = q.shape
-    nk, dv = k.shape[2], v.shape[-1]
-    buf = _Buffers(q, k, multiplier)
-    key_bias = _key_bias(mask)
-    row_mask = None if mask is None or key_bias is not None else mask
-    row_ok, col_ok = _row_and_column_ok(mask)
-    ratio = log_ratio(nq, nk)
-    g = None
-    for _ in range(iterations):
+
+    def __init__(self, q, k, v, multiplier, mask, rows, kernels, parts=EXTRA):
+        self.buf = _Buffers(q, k, multiplier, parts)
+        self.v, self.rows, self.kernels = v, rows, kernels
+        self.heads, self.nk = q.shape[1], k.shape[2]
+        self.key_bias = _key_bias(mask)
+        self.row_mask = None if mask is None or self.key_bias is not None else mask
+        self.row_ok = _squeezed(admissible(mask, -1), -1)
+        self.col_ok = _squeezed(admissible(mask, -2), -2)
+        self.ratio = log_ratio(q.shape[2], self.nk)
+
+    def _key_side(self, g):
+        """The key-side potential of a row pass, (B, H, Nk) float32: g plus the key bias (None if both are)."""
+        if g is None and self.key_bias is None:
+            return None
+        key_bias = None if self.key_bias is None else self.key_bias[:, :, 0, :]
+        total = key_bias if g is None else (g if key_bias is None else g + key_bias)
+        return total.expand(total.shape[0], self.heads, self.nk)
+
+    def _pass(self, queries, keys, values, transpose, want_out=False):
+        """Row lse (B, H, Nq) float32 of ``scale * queries.keys``, plus the output if asked; a query-axis
+        mask as a bias, ``rows`` query rows per call (its transpose for the column pass)."""
+        scale, mask = self.buf.scale, self.row_mask
+        if mask is None:
+            name = kernel_name(queries.dtype, False)
+            out, lse = run_kernel(self.kernels[name], name, queries, keys, values, None, scale)
+            return lse, out
+        n = queries.shape[2]
+        lse = queries.new_empty(queries.shape[:3], dtype=torch.float32)
+        out = queries.new_empty(queries.shape[:3] + values.shape[-1:]) if want_out else None
+        pad = (keys.shape[2] + 15) // 16 * 16
+        b, h = queries.shape[:2]
+        for start in range(0, n, self.rows):
+            rs = slice(start, min(n, start + self.rows))
+            sel = (slice(None), rs) if transpose else (rs, slice(None))
+            bias = _bias_block(mask, *sel, transpose, queries.dtype, pad).expand(b, h, rs.stop - rs.start, -1)
+            o, block_lse = run_kernel(self.kernels["efficient"], "efficient", queries[:, :, rs], keys, values, bias,
+                                      scale)
+            lse[:, :, rs] = block_lse
+            if out is not None:
+                out[:, :, rs] = o
+        return lse, out
+
+    def row_lse(self, g):
+        buf = self.buf
         buf.set(buf.qb, None)
-        buf.set(buf.kb, _with(g, key_bias, h, nk, q.device))
-        lse, _ = _lse_pass(buf.qb, buf.kb, buf.kb, row_mask, False, rows, buf.scale)
-        f = _zero_where_not(empty_to_zero(-lse), row_ok, -1)
+        buf.set(buf.kb, self._key_side(g))
+        return self._pass(buf.qb, buf.kb, buf.kb, False)[0]
+
+    def column_lse(self, f):
+        buf = self.buf
         buf.set(buf.kb, None)
         buf.set(buf.qb, f)
-        lse, _ = _lse_pass(buf.kb, buf.qb, buf.qb, row_mask, True, rows, buf.scale)
-        if key_bias is not None:  # a finite key bias shifts its column's lse (it cancels in the row passes)
-            lse = lse + key_bias[..., 0, :]
-        g = _zero_where_not(empty_to_zero(-lse + ratio), col_ok, -2)[:, :, None, :]
-    buf.set(buf.qb, None)
-    buf.set(buf.kb, _with(g, key_bias, h, nk, q.device))
-    values = _heads_buffer(v, h, buf.dp)
-    _, out = _lse_pass(buf.qb, buf.kb, values, row_mask, False, rows, buf.scale, want_out=True)
-    return out[..., :dv]
+        lse = self._pass(buf.kb, buf.qb, buf.qb, True)[0]
+        if self.key_bias is not None:  # a finite key bias shifts its column's lse (it cancels in the row passes)
+            lse = lse + self.key_bias[..., 0, :]
+        return lse
+
+    def output(self, g):
+        """``P V`` (B, H, Nq, Dv) in the input dtype; rows without an admissible key are left to the caller."""
+        buf = self.buf
+        buf.set(buf.qb, None)
+        buf.set(buf.kb, self._key_side(g))
+        values = _heads_buffer(self.v, self.heads, buf.dp)
+        return self._pass(buf.qb, buf.kb, values, False, want_out=True)[1][..., : self.v.shape[-1]]
 
 
-def _with(g, key_bias, h, nk, device):
-    """The key-side potential of a row pass, (B, H, Nk) float32: g plus the key bias (None if both are)."""
-    if g is None and key_bias is None:
-        return None
-    total = key_bias if g is None else (g if key_bias is None else g + key_bias)
-    return total[:, :, 0, :].expand(total.shape[0], h, nk)
-
-
-def _zero_where_not(potential, ok, dim):
-    """``potential`` (B, H, N) with 0 on the lines that have no admissible pair (``ok`` reduced over ``dim``)."""
-    if ok is None:
-        return potential
-    ok = ok.squeeze(dim)
-    return torch.where(ok, potential, torch.zeros((), device=potential.device))
+def attention(q, k, v, multiplier, mask, iterations, rows, kernels=CUDA_KERNELS, parts=EXTRA):
+    """``P V`` (B, H, Nq, Dv) in the input dtype, with ``2 * iterations + 1`` kernel calls (arguments as
+    :class:`KernelBackend`). Raises :class:`KernelFailed` if a kernel raises."""
+    return solver.solve(KernelBackend(q, k, v, multiplier, mask, rows, kernels, parts), iterations)

@@ -1,36 +1,44 @@
-r"""Which implementation an ASAG attention call takes: the one rule, used by the code and the benchmarks.
+r"""Which backend an ASAG attention call takes: the one rule, used by the code and the benchmarks.
 
-Paths (see :mod:`asag_core.sinkhorn` for what each computes; they agree):
+A caller may name the path (``adversarial_attention(..., path="blocked")``, as SDPA's
+``sdpa_kernel`` or POT's ``method=`` name theirs); ``path=None`` leaves it to the rule below, and
+:func:`asag_core.sinkhorn.attention_path` says what the rule picks. The paths (see
+:mod:`asag_core.sinkhorn` for what they compute; they agree):
 
-``"empty"``
-    :math:`N_q = 0` or :math:`N_k = 0`: the result is SDPA's, an empty output or zeros.
-``"dense"``
-    the whole (B, H, Nq, Nk) logits; taken only for tiny calls (at most
-    :data:`DENSE_MAX_ELEMENTS` logits), where its few large ops beat the per-block
-    overhead of the others, and only when its peak fits the memory budget.
-``"kernel"`` (:mod:`asag_core.sinkhorn_kernel`)
-    CUDA and the meta device: each half-step one fused attention kernel that
-    returns its log-sum-exp, inputs in their own dtype.
+``"dense"`` (:class:`asag_core.sinkhorn_solver.DenseBackend`)
+    the whole (B, H, Nq, Nk) logits, in the float32 (float64) work dtype; the reference. The rule
+    takes it only for tiny calls (at most :data:`DENSE_MAX_ELEMENTS` logits), where its few large ops
+    beat the per-block overhead of the others, and only when its peak fits the memory budget.
 ``"blocked"`` (:mod:`asag_core.sinkhorn_blocked`)
-    CPU: small blocks, one row softmax per block and pass, logits kept between
-    passes where they fit a small cache; the fastest CPU path measured
-    (``benchmarks/attention.py``).
-``"fused"`` (:mod:`asag_core.sinkhorn_fused`)
-    CPU, when the blocked path is unavailable: one call of PyTorch's fused CPU
-    flash kernel per half-step.
-``"portable"`` (:mod:`asag_core.sinkhorn_chunked`)
-    any device: matmul / logsumexp blocks and SDPA; the fallback and test reference.
+    small blocks in the work dtype, one row softmax per block and iteration, logits kept between
+    passes where they fit a small cache: the CPU default (the fastest CPU path measured,
+    ``benchmarks/attention.py``), and the bounded path of devices without the kernel path.
+``"kernel"`` (:mod:`asag_core.sinkhorn_kernel`)
+    one fused attention kernel call with log-sum-exp per half-step, inputs in their own dtype:
+    CUDA and the meta device; on CPU only when named (PyTorch's CPU flash kernel standing in).
 
-``chunk_size`` (query rows per block) forces a memory-bounded path (never dense).
+The rule for ``path=None``, in order: ``"empty"`` when Nq or Nk is 0 (SDPA's empty or zero output);
+dense when tiny and within the budget; kernel on CUDA/meta where its kernels take the dtype and head
+dims; on CPU blocked; on other devices (MPS, XPU, ..., and CUDA calls the kernels do not take) dense
+where it fits the budget, else blocked (unmeasured there). ``chunk_size`` (query rows per block)
+asks for a memory-bounded path, so the rule then never takes dense, and naming dense with it is an
+error.
+
+Two things happen below the rule, inside a path, and nowhere else: a kernel call that raises
+(a GPU or build without that kernel) makes the kernel path warn and run the blocked path for that
+call; and on CPU the blocked path computes the output of rows whose logits it does not cache with
+PyTorch's fused CPU flash kernel (by blocks, with a warning, if that raises). Neither is remembered
+between calls.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import sinkhorn_blocked, sinkhorn_fused, sinkhorn_kernel
+from . import sinkhorn_kernel
 
-PATHS = ("empty", "dense", "kernel", "blocked", "fused", "portable")
+#: What ``path=`` accepts besides None (automatic).
+PATHS = ("dense", "blocked", "kernel")
 
 #: Dense logits above this many bytes switch to a memory-bounded path.
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
@@ -42,24 +50,42 @@ DENSE_PEAK_TEMPORARIES = 4
 DENSE_MAX_ELEMENTS = 1 << 15
 
 
-def choose(device, dtype, b, h, nq, nk, d, dv, chunk_size=None, budget=DEFAULT_MEMORY_BUDGET_BYTES) -> str:
+def check_path(path) -> None:
+    if path is not None and path not in PATHS:
+        raise ValueError(f"path must be None (automatic) or one of {', '.join(PATHS)}; got {path!r}")
+
+
+def _cannot(path, device, dtype, d, dv, chunk_size):
+    """Why a named path cannot run this call, or None."""
+    if path == "dense" and chunk_size is not None:
+        return "chunk_size asks for blocks of query rows, which the dense path does not have"
+    if path == "kernel":
+        return sinkhorn_kernel.unusable(device, dtype, d, dv)
+    if path == "blocked" and device.type == "meta":
+        return "it reads values (its underflow test), which meta tensors do not have"
+    return None
+
+
+def choose(device, dtype, b, h, nq, nk, d, dv, chunk_size=None, budget=DEFAULT_MEMORY_BUDGET_BYTES,
+           path=None) -> str:
     """The path of a call with these shapes: (B, H, Nq, D) queries, Nk keys of value dim Dv, on
-    ``device``, inputs of ``dtype``. The rule, in order: empty; dense if tiny and it fits; the kernel
-    path on CUDA/meta; blocked, fused, portable on CPU as available; elsewhere dense where it fits
-    the budget, else portable."""
+    ``device``, inputs of ``dtype``; ``path`` the caller's choice or None for the rule (module
+    docstring). A named path that cannot run the call is a ValueError saying why."""
+    check_path(path)
     if nq == 0 or nk == 0:
         return "empty"
+    if path is not None:
+        reason = _cannot(path, device, dtype, d, dv, chunk_size)
+        if reason:
+            raise ValueError(f"path {path!r} cannot run this call: {reason}")
+        return path
     elements = b * h * nq * nk
     work_bytes = 8 if dtype == torch.float64 else 4
     dense_fits = chunk_size is None and DENSE_PEAK_TEMPORARIES * elements * work_bytes <= budget
     if dense_fits and elements <= DENSE_MAX_ELEMENTS:
         return "dense"
-    if sinkhorn_kernel.usable(device, dtype, d, dv):
+    if sinkhorn_kernel.unusable(device, dtype, d, dv, sinkhorn_kernel.DEVICES) is None:
         return "kernel"
     if device.type == "cpu":
-        if sinkhorn_blocked.usable(device):
-            return "blocked"
-        if sinkhorn_fused.available() and d == dv:
-            return "fused"
-        return "portable"
-    return "dense" if dense_fits else "portable"  # other devices (MPS, XPU, ...): today's rule, unmeasured
+        return "blocked"
+    return "dense" if dense_fits else "blocked"

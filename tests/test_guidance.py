@@ -14,7 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from asag_core import DEFAULT_ITERATIONS, DEFAULT_LAM, DEFAULT_SCALE, ASAGSettings, apply_asag, rescale_term
+from asag_core import (
+    DEFAULT_ITERATIONS,
+    DEFAULT_LAM,
+    DEFAULT_SCALE,
+    ASAGSettings,
+    adversarial_attention,
+    apply_asag,
+    rescale_term,
+    sinkhorn_plan,
+)
 from asag_core.guidance import asag_term
 from asag_core.layers import GRAMMAR_HELP, LayerSpecError
 from asag_core.sinkhorn import COSTS
@@ -187,8 +196,9 @@ BAD_INPUTS = [
     (dict(scale=math.inf), "scale must be a finite number >= 0.0, got inf"),
     (dict(scale="big"), "scale must be a finite number >= 0.0, got 'big'"),
     (dict(scale=None), "scale must be a finite number >= 0.0, got None"),
-    (dict(lam=-1.0), "lam must be >= 0.0, got -1.0"),
-    (dict(lam=-math.inf), "lam must be a finite number >= 0.0, got -inf"),
+    (dict(lam=-1.0), "lam must be a finite number >= 0, got -1.0"),
+    (dict(lam=-math.inf), "lam must be a finite number >= 0, got -inf"),
+    (dict(lam="x"), "lam must be a finite number >= 0, got 'x'"),
     (dict(iterations=-1), "iterations must be an integer >= 0, got -1"),
     (dict(iterations=2.0), "iterations must be an integer >= 0, got 2.0"),
     (dict(iterations=True), "iterations must be an integer >= 0, got True"),
@@ -216,6 +226,20 @@ def test_bad_input_raises_value_error_naming_it_and_its_valid_values(kwargs, mes
     with pytest.raises(ValueError) as err:
         ASAGSettings(**kwargs)
     assert str(err.value) == message
+
+
+SINKHORN_INPUTS = [(kw, m) for kw, m in BAD_INPUTS if next(iter(kw)) in ("iterations", "lam", "cost")]
+
+
+@pytest.mark.parametrize("kwargs,message", SINKHORN_INPUTS, ids=[repr(k) for k, _ in SINKHORN_INPUTS])
+def test_sinkhorn_parameters_are_checked_once_with_one_wording(kwargs, message):
+    # the node's settings and the attention itself reject a bad iterations / lam / cost with the same words
+    q = torch.zeros(1, 1, 2, 4)
+    for check in (lambda: ASAGSettings(**kwargs), lambda: sinkhorn_plan(q, q, **kwargs),
+                  lambda: adversarial_attention(q, q, q, 1, skip_reshape=True, **kwargs)):
+        with pytest.raises(ValueError) as err:
+            check()
+        assert str(err.value) == message
 
 
 @pytest.mark.parametrize("layers,bad", [("m0, x9", "x9"), ("d0-d3, u1.x", "u1.x")])

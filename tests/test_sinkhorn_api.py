@@ -14,8 +14,15 @@ import torch.nn.functional as F
 
 from asag_core import adversarial_attention, sinkhorn_plan
 
-HUGE = 1 << 62
-PATHS = {"dense": {"memory_budget_bytes": HUGE}, "chunk3": {"chunk_size": 3}, "auto": {"memory_budget_bytes": 1}}
+#: adversarial_attention arguments that select each path ("auto" with budget 1: the rule's bounded path)
+PATHS = {
+    "dense": {"path": "dense"},
+    "blocked": {"path": "blocked"},
+    "blocked rows 3": {"path": "blocked", "chunk_size": 3},
+    "kernel": {"path": "kernel"},
+    "kernel rows 3": {"path": "kernel", "chunk_size": 3},
+    "auto": {"memory_budget_bytes": 1},
+}
 
 
 def _randn(*shape, seed=0, dtype=torch.float32):
@@ -55,7 +62,7 @@ def test_scale_acts_like_the_same_factor_in_lam(path):
     q, k, v = _gqa_qkv(hkv=6, seed=5)
     for it in (1, 3):
         out = _attn(q, k, v, iterations=it, lam=1.0, scale=0.7, **PATHS[path])
-        ref = _attn(q, k, v, iterations=it, lam=0.7 * math.sqrt(8), memory_budget_bytes=HUGE)
+        ref = _attn(q, k, v, iterations=it, lam=0.7 * math.sqrt(8), path="dense")
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert torch.equal(_attn(q, k, v, scale=None, **PATHS[path]), _attn(q, k, v, **PATHS[path]))
 
@@ -83,7 +90,7 @@ def test_gqa_with_iterations_is_the_call_with_repeated_kv_heads(path):
     for it in (1, 2, 5):
         for mask in (None, keypad):
             kw = dict(iterations=it, mask=mask)
-            ref = _attn(q, k_rep, v_rep, memory_budget_bytes=HUGE, **kw)
+            ref = _attn(q, k_rep, v_rep, path="dense", **kw)
             torch.testing.assert_close(_attn(q, k, v, enable_gqa=True, **kw, **PATHS[path]), ref, atol=1e-5, rtol=1e-5)
     plan = sinkhorn_plan(q, k, iterations=2, enable_gqa=True, scale=0.2)
     torch.testing.assert_close(plan, sinkhorn_plan(q, k_rep, iterations=2, scale=0.2), atol=0, rtol=0)

@@ -1,22 +1,21 @@
 """The kernel path (asag_core.sinkhorn_kernel: CUDA and the meta device), checked without a GPU.
 
-Its numbers are checked on CPU: the same code with the kernel functions swapped for PyTorch's CPU
-flash kernel, which has the same contract (output and log-sum-exp, an optional bias), against the
-dense path on every mask, NaN pattern, GQA and scale the other paths are held to. Its shape of work
-is checked on the meta device, which takes this path as CUDA does: the CUDA kernels it calls, the
-call count, no float32 copy of q, k or v, and the issue's targets at the Wan shape.
+Its numbers are checked on CPU, where ``path="kernel"`` runs the same code with PyTorch's CPU flash
+kernel in the CUDA kernels' place (the same contract: output and log-sum-exp, an optional bias),
+against the dense path on every mask, NaN pattern, GQA and scale the other paths are held to. Its
+shape of work is checked on the meta device, which takes this path as CUDA does: the CUDA kernels it
+calls, the call count, no float32 copy of q, k or v, and the issue's targets at the Wan shape.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import asag_core.sinkhorn as sk
 import asag_core.sinkhorn_kernel as kernel
-import asag_core.sinkhorn_paths as paths
-from asag_core import MASK_THRESHOLD, adversarial_attention, attention_path
+from asag_core import MASK_THRESHOLD, adversarial_attention
+from asag_core.sinkhorn_checks import logit_multiplier
 from benchmarks.attention_accounting import WAN_TARGETS, account, meta_qkv, sinkhorn_call
-
-HUGE = 1 << 62
 
 
 def _randn(*shape, seed=0, scale=1.0, dtype=torch.float32):
@@ -35,27 +34,13 @@ def _attn(q, k, v, **kw):
     return adversarial_attention(q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True, **kw)
 
 
-@pytest.fixture
-def on_cpu(monkeypatch):
-    """The kernel path on CPU: CPU tensors allowed, both kernels replaced by the CPU flash kernel, and
-    no call small enough for the dense path."""
-    calls = []
-    monkeypatch.setattr(paths, "DENSE_MAX_ELEMENTS", 0)
-
-    def cpu(q, k, v, bias, scale):
-        calls.append(None if bias is None else tuple(bias.shape))
-        return kernel.cpu_kernel(q, k, v, bias, scale)
-
-    monkeypatch.setattr(kernel, "DEVICES", ("cpu",))
-    monkeypatch.setattr(kernel, "KERNELS", {"flash": cpu, "efficient": cpu})
-    return calls
+def _kernel(q, k, v, **kw):
+    """The kernel path on CPU: PyTorch's CPU flash kernel in the CUDA kernels' place."""
+    return _attn(q, k, v, path="kernel", **kw)
 
 
-def _dense(q, k, v, monkeypatch, **kw):
-    with monkeypatch.context() as m:
-        m.setattr(kernel, "DEVICES", ())
-        m.setattr(paths, "DENSE_MAX_ELEMENTS", HUGE)
-        return _attn(q.float(), k.float(), v.float(), memory_budget_bytes=HUGE, **kw)
+def _dense(q, k, v, **kw):
+    return _attn(q.float(), k.float(), v.float(), path="dense", **kw)
 
 
 def _masks(b, nq, nk):
@@ -80,85 +65,103 @@ MASK_NAMES = list(_masks(2, 4, 4))
 
 @pytest.mark.parametrize("mask", MASK_NAMES)
 @pytest.mark.parametrize("cost", ["adversarial", "similarity", "uniform"])
-def test_float32_equals_dense(mask, cost, on_cpu, monkeypatch):
+def test_float32_equals_dense(mask, cost):
     b, h, nq, nk, d = 2, 3, 70, 50, 16
     q, k, v = _qkv(b, h, nq, nk, d, seed=1, scale=1.5)
     m = _masks(b, nq, nk)[mask]
     for it in (0, 1, 3):
         kw = dict(iterations=it, cost=cost, mask=m, lam=1.3)
-        assert _path(q, k, v, **kw) == "kernel"
-        out = _attn(q, k, v, chunk_size=16, **kw)
+        out = _kernel(q, k, v, chunk_size=16, **kw)
         if mask == "key bias above threshold":  # |bias| ~ 1000: float32 rounding of 1e-4 on every path
-            ref = _attn(q.double(), k.double(), v.double(), memory_budget_bytes=HUGE, **kw)
+            ref = _attn(q.double(), k.double(), v.double(), path="dense", **kw)
             torch.testing.assert_close(out.double(), ref, atol=5e-4, rtol=5e-4)
         else:
-            torch.testing.assert_close(out, _dense(q, k, v, monkeypatch, **kw), atol=1e-5, rtol=1e-5)
-
-
-def _path(q, k, v, **kw):
-    return attention_path(q, k, v, q.shape[1], skip_reshape=True, **kw)
+            torch.testing.assert_close(out, _dense(q, k, v, **kw), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("hkv", [1, 3])
-def test_gqa_scale_and_flat_layout_equal_dense(hkv, on_cpu, monkeypatch):
+def test_gqa_scale_and_flat_layout_equal_dense(hkv):
     q, k, v = _qkv(2, 6, 40, 30, 8, seed=2, hkv=hkv, dv=5)
     kw = dict(iterations=2, scale=0.3, enable_gqa=True, mask=_masks(2, 40, 30)["keypad bool"])
-    ref = _dense(q, k.repeat_interleave(6 // hkv, 1), v.repeat_interleave(6 // hkv, 1), monkeypatch,
+    ref = _dense(q, k.repeat_interleave(6 // hkv, 1), v.repeat_interleave(6 // hkv, 1),
                  **{x: y for x, y in kw.items() if x != "enable_gqa"})
-    torch.testing.assert_close(_attn(q, k, v, **kw), ref, atol=1e-5, rtol=1e-5)
-    flat = adversarial_attention(*(t.transpose(1, 2).flatten(2) for t in (q, k, v)), 6, **kw)
+    torch.testing.assert_close(_kernel(q, k, v, **kw), ref, atol=1e-5, rtol=1e-5)
+    flat = adversarial_attention(*(t.transpose(1, 2).flatten(2) for t in (q, k, v)), 6, path="kernel", **kw)
     torch.testing.assert_close(flat, ref.transpose(1, 2).flatten(2), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("where", ["q", "k", "v"])
 @pytest.mark.parametrize("it", [0, 2])
-def test_nan_pattern_is_the_dense_paths(where, it, on_cpu, monkeypatch):
+def test_nan_pattern_is_the_dense_paths(where, it):
     q, k, v = _qkv(2, 2, 30, 20, 8, seed=3)
     {"q": q, "k": k, "v": v}[where][1, 0, 2, 3] = float("nan")
     for m in (None, _masks(2, 30, 20)["keypad comfy fill"]):
-        out = _attn(q, k, v, iterations=it, mask=m, cost="similarity" if it == 0 else "adversarial")
-        ref = _dense(q, k, v, monkeypatch, iterations=it, mask=m, cost="similarity" if it == 0 else "adversarial")
+        out = _kernel(q, k, v, iterations=it, mask=m, cost="similarity" if it == 0 else "adversarial")
+        ref = _dense(q, k, v, iterations=it, mask=m, cost="similarity" if it == 0 else "adversarial")
         assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out).any()
         torch.testing.assert_close(out.nan_to_num(7.0), ref.nan_to_num(7.0), atol=1e-5, rtol=1e-5)
 
 
-def test_zero_iterations_similarity_is_sdpa_in_bf16(on_cpu):
+def test_zero_iterations_similarity_is_sdpa_in_bf16():
     q, k, v = _qkv(1, 4, 64, 64, 32, seed=4, dtype=torch.bfloat16)
-    out = _attn(q, k, v, iterations=0, cost="similarity")
+    out = _kernel(q, k, v, iterations=0, cost="similarity")
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=1e-2, rtol=1e-2)
 
 
-def _hi_only(t, dtype):
-    zero = torch.zeros_like(t, dtype=dtype)
-    return t.to(dtype), zero, zero
-
-
-@pytest.mark.parametrize("lam,scale", [(1.0, 1.0), (10.0, 1.0)])
-def test_bf16_error_is_the_outputs_rounding_and_the_split_matters(lam, scale, on_cpu, monkeypatch):
+@pytest.mark.parametrize("lam", [1.0, 10.0])
+def test_bf16_error_is_the_outputs_rounding_and_the_split_matters(lam):
     # bf16 inputs: the path's error against float64 on the same inputs is about the bf16 rounding of
-    # the output itself; potentials rounded to bf16 alone (no hi/lo split) err many times more
-    q, k, v = _qkv(1, 4, 256, 256, 64, seed=5, scale=scale, dtype=torch.bfloat16)
-    ref = _attn(q.double(), k.double(), v.double(), lam=lam, memory_budget_bytes=HUGE)
+    # the output itself; potentials rounded to bf16 alone (no three-part split) err many times more
+    q, k, v = _qkv(1, 4, 256, 256, 64, seed=5, dtype=torch.bfloat16)
+    ref = _attn(q.double(), k.double(), v.double(), lam=lam, path="dense")
     rounding = float((ref.to(torch.bfloat16).double() - ref).abs().max())
-    split = float((_attn(q, k, v, lam=lam).double() - ref).abs().max())
-    monkeypatch.setattr(kernel, "_split", _hi_only)
-    hi_only = float((_attn(q, k, v, lam=lam).double() - ref).abs().max())
+    split = float((_kernel(q, k, v, lam=lam).double() - ref).abs().max())
+    multiplier = logit_multiplier("adversarial", lam, None, 64)
+    rounded = kernel.attention(q, k, v, multiplier, None, 2, 256, kernel.CPU_KERNELS, parts=1)
+    hi_only = float((rounded.double() - ref).abs().max())
     assert split <= 1.5 * rounding, (split, rounding)
     assert hi_only > 5 * split, (hi_only, split)
 
 
-def test_kernel_calls_per_pass(on_cpu):
+def _recording(calls):
+    def cpu(q, k, v, bias, scale):
+        calls.append(None if bias is None else tuple(bias.shape))
+        return kernel.cpu_kernel(q, k, v, bias, scale)
+
+    return {"flash": cpu, "efficient": cpu}
+
+
+def _calls(q, k, v, iterations, mask=None, chunk_size=None):
+    """The bias shapes of every kernel call the kernel path makes (None: no bias)."""
+    calls = []
+    multiplier = logit_multiplier("adversarial", 1.0, None, q.shape[-1])
+    out = sk.attention_heads(q, k, v, multiplier, mask, iterations, "kernel", chunk_size, kernels=_recording(calls))
+    assert torch.equal(out, _kernel(q, k, v, iterations=iterations, mask=mask, chunk_size=chunk_size))
+    return calls
+
+
+def test_kernel_calls_per_pass():
     q, k, v = _qkv(1, 2, 40, 30, 8, seed=6)
     for it in (0, 1, 2):
-        on_cpu.clear()
-        _attn(q, k, v, iterations=it)
-        assert on_cpu == [None] * (2 * it + 1)  # one call per half-step, no bias
-    on_cpu.clear()  # a query-axis mask: rows blocks (and column blocks, transposed) with a bias
-    _attn(q, k, v, iterations=1, mask=_masks(2, 40, 30)["query-axis bool"][:1], chunk_size=16)
-    assert on_cpu == [(1, 2, 16, 30), (1, 2, 16, 30), (1, 2, 8, 30),  # row pass: 40 rows in 16s
-                      (1, 2, 16, 40), (1, 2, 14, 40),  # column pass: 30 keys as queries
-                      (1, 2, 16, 30), (1, 2, 16, 30), (1, 2, 8, 30)]  # output
+        assert _calls(q, k, v, it) == [None] * (2 * it + 1)  # one call per half-step, no bias
+    # a key-padding mask is a key bias folded into the keys: still one call per half-step
+    assert _calls(q, k, v, 2, _masks(2, 40, 30)["keypad bool"][:1]) == [None] * 5
+    # a query-axis mask: rows blocks (and column blocks, transposed) with a bias
+    assert _calls(q, k, v, 1, _masks(2, 40, 30)["query-axis bool"][:1], 16) == [
+        (1, 2, 16, 30), (1, 2, 16, 30), (1, 2, 8, 30),  # row pass: 40 rows in 16s
+        (1, 2, 16, 40), (1, 2, 14, 40),  # column pass: 30 keys as queries
+        (1, 2, 16, 30), (1, 2, 16, 30), (1, 2, 8, 30)]  # output
+
+
+def test_query_axis_mask_blocks_follow_bias_bytes():
+    # without a chunk_size, a query-axis mask goes to the kernel in blocks of at most BIAS_BYTES of bias
+    q, k, v = _qkv(2, 3, 40, 30, 8, seed=7)
+    mask = _masks(2, 40, 30)["query-axis bool"]
+    assert kernel.mask_rows(q, k, None) == 40
+    assert kernel.mask_rows(q, k, mask) == kernel.BIAS_BYTES // (2 * 40 * 4)
+    per_head_mask = mask.expand(2, 3, 40, 30)
+    assert kernel.mask_rows(q, k, per_head_mask) == kernel.BIAS_BYTES // (2 * 3 * 40 * 4)
 
 
 # ---------------------------------------------------------------------------
