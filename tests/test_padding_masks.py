@@ -1,4 +1,4 @@
-"""Finite padding masks, NaN inputs and the fused kernel's fallback, on every attention path.
+"""Finite padding masks and NaN inputs, on every attention path.
 
 ComfyUI builds key-padding masks as finite large negatives, ``(m - 1) * finfo(dtype).max``
 (Lumina 2, HunyuanVideo, LTXV, Cosmos). Sinkhorn's column update cancels any finite column
@@ -8,7 +8,6 @@ unpadded keys only, the boolean mask of the same pattern, a float64 numpy Sinkho
 (unmasked) bias, and SDPA's NaN pattern.
 """
 
-import logging
 import math
 
 import numpy as np
@@ -17,12 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import asag_core.sinkhorn_blocked as blocked
-import asag_core.sinkhorn_chunked as chunked
-import asag_core.sinkhorn_fused as fused
 from asag_core import MASK_THRESHOLD, adversarial_attention, sinkhorn_plan
 
-HUGE = 1 << 62  # memory budget that keeps everything on the dense path
 ITERATIONS = (0, 1, 2, 5)
 
 
@@ -39,29 +34,14 @@ def _qkv(b, h, nq, nk, d, seed=0, dtype=torch.float32):
     )
 
 
-@pytest.fixture(params=["dense", "blocked", "fused", "portable"])
-def path(request, monkeypatch):
-    """adversarial_attention keyword arguments that select one path (the blocked path hidden for "fused",
-    it and the kernel for "portable")."""
-    if request.param == "dense":
-        return {"memory_budget_bytes": HUGE}
-    if request.param == "blocked":  # fail if another bounded path runs instead
-        monkeypatch.setattr(fused, "attention", None)
-        monkeypatch.setattr(chunked, "attention", None)
-        return {"chunk_size": 3}
-    monkeypatch.setattr(blocked, "usable", lambda device: False)
-    if fused._FLASH_CPU is None:
-        pytest.skip("this PyTorch has no CPU flash-attention kernel")
-    if request.param == "portable":
-        monkeypatch.setattr(fused, "_FLASH_CPU", None)
-    else:  # fail if the fused path is not taken, or falls back to the portable one
-        monkeypatch.setattr(chunked, "attention", None)
-        monkeypatch.setattr(fused, "disable", _fail_on_fallback)
-    return {"chunk_size": 3}
-
-
-def _fail_on_fallback(error):
-    raise AssertionError(f"the fused kernel failed and the portable path took over: {error}")
+@pytest.fixture(params=["dense", "blocked", "blocked streamed", "kernel"])
+def path(request):
+    """adversarial_attention keyword arguments that select one path ("kernel": the CUDA path's code with
+    PyTorch's CPU flash kernel in the CUDA kernels' place; "blocked streamed": blocks of 3 rows, no cache,
+    the output of its rows by the CPU flash kernel)."""
+    return {"dense": {"path": "dense"}, "blocked": {"path": "blocked"},
+            "blocked streamed": {"path": "blocked", "chunk_size": 3},
+            "kernel": {"path": "kernel", "chunk_size": 3}}[request.param]
 
 
 def _attn(q, k, v, **kw):
@@ -155,7 +135,7 @@ def test_per_row_finite_masks_equal_the_boolean_mask(fill, path):
     keep = torch.rand(B, NQ, NK, generator=torch.Generator().manual_seed(4)) > 0.4
     keep[..., 0] = True
     for it in ITERATIONS:
-        ref = _attn(q, k, v, iterations=it, mask=keep, memory_budget_bytes=HUGE)
+        ref = _attn(q, k, v, iterations=it, mask=keep, path="dense")
         out = _attn(q, k, v, iterations=it, mask=FILLS[fill](keep), **path)
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
@@ -186,6 +166,8 @@ def _numpy_sinkhorn_attention(q, k, v, bias, lam, iterations):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 5e-4)])
 def test_bias_just_above_the_threshold_is_not_a_mask(dtype, tol, path):
+    if dtype == torch.float64 and path["path"] == "kernel":  # the kernels take at most float32: its own case
+        dtype, tol = torch.float32, 5e-4
     nq, nk = 7, 10
     q, k, v = _qkv(1, 2, nq, nk, D, seed=5, dtype=dtype)
     bias = torch.zeros(nq, nk, dtype=torch.float64)
@@ -220,7 +202,7 @@ def test_fully_masked_rows_are_zero_on_every_path(fill, path):
         for it in ITERATIONS:
             out = _attn(q, k, v, iterations=it, cost=cost, mask=mask, **path)
             assert (out[0, :, 3] == 0).all() and (out[1, :, [0, 6]] == 0).all()
-            dense_bool = _attn(q, k, v, iterations=it, cost=cost, mask=keep, memory_budget_bytes=HUGE)
+            dense_bool = _attn(q, k, v, iterations=it, cost=cost, mask=keep, path="dense")
             torch.testing.assert_close(out, dense_bool, atol=1e-5, rtol=1e-5)
     plan = sinkhorn_plan(q, k, mask=mask)
     assert (plan[0, :, 3] == 0).all() and (plan[1, :, [0, 6]] == 0).all() and (plan[1, :, :, 2] == 0).all()
@@ -243,20 +225,15 @@ def _largest_allocation(fn) -> int:
     return max(e.cpu_memory_usage for e in prof.function_events)
 
 
-@pytest.mark.parametrize("bounded", ["blocked", "fused", "portable"])
-def test_finite_full_mask_costs_no_logits_sized_tensor(bounded, monkeypatch):
-    if fused._FLASH_CPU is None:
-        pytest.skip("this PyTorch has no CPU flash-attention kernel")
-    if bounded != "blocked":
-        monkeypatch.setattr(blocked, "usable", lambda device: False)
-    if bounded == "portable":
-        monkeypatch.setattr(fused, "_FLASH_CPU", None)
+@pytest.mark.parametrize("bounded", [{"path": "blocked", "chunk_size": 32}, {"path": "kernel", "chunk_size": 32}],
+                         ids=["blocked", "kernel"])
+def test_finite_full_mask_costs_no_logits_sized_tensor(bounded):
     n = 512
     q, k, v = _qkv(1, 4, n, n, 8, seed=8)
     keep = torch.rand(n, n, generator=torch.Generator().manual_seed(9)) > 0.3
     keep[:, 0] = True
     mask = comfy_fill(keep, torch.float32)  # float32 already: used as given, never copied whole
-    largest = _largest_allocation(lambda: _attn(q, k, v, iterations=2, mask=mask, chunk_size=32))
+    largest = _largest_allocation(lambda: _attn(q, k, v, iterations=2, mask=mask, **bounded))
     assert largest < n * n * 4  # below one float (Nq, Nk) tensor (the admissibility test is n*n bools)
 
 
@@ -328,46 +305,3 @@ def test_nan_in_a_query_makes_the_plan_nan():
     assert torch.isnan(sinkhorn_plan(q, k, iterations=0)[1, 0, 2]).all()
     assert torch.isnan(sinkhorn_plan(q, k, iterations=2)[1, 0]).all()
     assert not torch.isnan(sinkhorn_plan(q, k, iterations=2)[[0, 1], [1, 1]]).any()  # other heads untouched
-
-
-# ---------------------------------------------------------------------------
-# the private CPU kernel falls back to the portable path
-# ---------------------------------------------------------------------------
-
-
-def test_a_failing_fused_kernel_falls_back_to_the_portable_path_once(monkeypatch, caplog):
-    if fused._FLASH_CPU is None:
-        pytest.skip("this PyTorch has no CPU flash-attention kernel")
-    calls = []
-
-    def broken(*args, **kwargs):
-        calls.append(args[0].shape)
-        raise RuntimeError("no kernel image for this CPU")
-
-    monkeypatch.setattr(blocked, "usable", lambda device: False)  # the fused path itself
-    monkeypatch.setattr(fused, "_FLASH_CPU", broken)
-    q, k, v = _qkv(2, 2, 9, 8, 4, seed=13)
-    mask = _padding(2, 9, 8)
-    dense = _attn(q, k, v, mask=mask, memory_budget_bytes=HUGE)
-    with caplog.at_level(logging.WARNING, logger=fused.__name__):
-        out = _attn(q, k, v, mask=mask, chunk_size=4)
-    torch.testing.assert_close(out, dense, atol=1e-5, rtol=1e-5)
-    assert len(calls) == 1
-    assert [r.getMessage() for r in caplog.records] == [
-        "ASAG: the fused CPU attention kernel failed (no kernel image for this CPU); "
-        "using the portable path from now on"
-    ]
-    assert not fused.usable(q, v)
-    torch.testing.assert_close(_attn(q, k, v, mask=mask, chunk_size=4), dense, atol=1e-5, rtol=1e-5)
-    assert len(calls) == 1, "a kernel that failed once must not be called again"
-
-
-def test_errors_that_are_not_the_kernels_are_not_swallowed(monkeypatch):
-    if fused._FLASH_CPU is None:
-        pytest.skip("this PyTorch has no CPU flash-attention kernel")
-    monkeypatch.setattr(blocked, "usable", lambda device: False)  # the fused path itself
-    monkeypatch.setattr(fused, "_potential", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))
-    q, k, v = _qkv(1, 2, 5, 5, 4, seed=14)
-    with pytest.raises(RuntimeError, match="a bug"):
-        _attn(q, k, v, chunk_size=2)
-    assert fused.usable(q, v)
