@@ -14,7 +14,7 @@ WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint():
-    from .nodes import ASAGExtension
+    from .nodes.extension import ASAGExtension
 
     return ASAGExtension()
 

@@ -20,7 +20,6 @@ from .layers import (
     LayerCatalog,
     LayerSpecError,
     UNetLayer,
-    auto_layers,
     parse_layer_spec,
     resolve_layers,
 )
@@ -52,7 +51,6 @@ __all__ = [
     "attention_path",
     "apply_asag",
     "asag_term",
-    "auto_layers",
     "logit_sign",
     "parse_layer_spec",
     "rescale_term",

@@ -12,7 +12,8 @@ DiT (SD3, Flux, Chroma, AuraFlow, HunyuanDiT, Qwen-Image, Wan, HunyuanVideo, LTX
     models with two stacks it is the double/joint stack); ``double<i>`` and ``single<i>``
     name Flux-style stacks explicitly; ranges such as ``single10-20``.
 ``auto``
-    a documented default for the family, see :func:`auto_layers`.
+    the family's documented default, a spec in this grammar that the caller supplies
+    (the pack's family records, ``nodes/families.py``).
 
 Parsing is pure; :func:`resolve_layers` checks a parsed spec against a model's
 :class:`LayerCatalog`, naming the model's valid layers when a layer is missing.
@@ -78,6 +79,11 @@ class LayerCatalog:
     @property
     def is_unet(self) -> bool:
         return bool(self.unet)
+
+    @property
+    def is_empty(self) -> bool:
+        """No layer at all (a model with no self-attention ASAG can reach)."""
+        return not any(self.unet.values()) and not any(self.dit.values())
 
     def describe(self) -> str:
         """The valid layer names, compactly (for error messages and tooltips)."""
@@ -169,32 +175,6 @@ def parse_layer_spec(spec: str) -> Optional[list]:
     return selectors
 
 
-def auto_layers(catalog: LayerCatalog) -> list:
-    """The default layers of a family.
-
-    U-Nets: every transformer of the middle block (``m0``), the layer PAG's authors
-    perturb and the one ComfyUI's PerturbedAttentionGuidance uses.
-    DiTs: the middle block of the main (double/joint) stack, ``b{n // 2}``; for Flux-style
-    models that is ``double{n_double // 2}`` (Flux dev/schnell: double9).
-    """
-    if catalog.is_unet:
-        middle = catalog.unet.get("middle", [])
-        if middle:
-            block_id, n = middle[0]
-            return [UNetLayer("middle", block_id, t) for t in range(n)]
-        # U-Nets without a middle transformer: the deepest input block that has one
-        inputs = catalog.unet.get("input", [])
-        if inputs:
-            block_id, n = inputs[-1]
-            return [UNetLayer("input", block_id, t) for t in range(n)]
-        raise LayerSpecError(f"layers 'auto': the {catalog.family} model has no self-attention ASAG can reach")
-    if catalog.dit.get("double"):
-        return [DiTLayer("double", catalog.dit["double"] // 2)]
-    if catalog.dit.get("single"):
-        return [DiTLayer("single", catalog.dit["single"] // 2)]
-    raise LayerSpecError(f"layers 'auto': the {catalog.family} model has no self-attention ASAG can reach")
-
-
 def _missing_block(sel: _Selector, count: int, catalog: LayerCatalog, valid: str) -> LayerSpecError:
     """The error for a selector naming a block past the ``count`` blocks of its part or stack."""
     if len(sel.blocks) > 1 and sel.blocks.start < count:
@@ -205,14 +185,18 @@ def _missing_block(sel: _Selector, count: int, catalog: LayerCatalog, valid: str
     return LayerSpecError(f"layers: '{sel.token}' is not in the {catalog.family} model; its layers are: {valid}")
 
 
-def resolve_layers(spec: str, catalog: LayerCatalog) -> list:
-    """Turn a ``layers`` string into concrete UNetLayer / DiTLayer keys for this model."""
+def resolve_layers(spec: str, catalog: LayerCatalog, auto: Optional[str] = None) -> list:
+    """Turn a ``layers`` string into concrete UNetLayer / DiTLayer keys for this model; ``auto`` is the
+    model's default layer spec (its family's), which ``"auto"`` stands for."""
     selectors = parse_layer_spec(spec)
-    if selectors is None:
-        return auto_layers(catalog)
-    if not catalog.unet and not catalog.dit:
+    if catalog.is_empty:
         # an empty U-Net catalog would otherwise read as a DiT in the messages below
         raise LayerSpecError(f"layers '{spec}': the {catalog.family} model has no self-attention ASAG can reach")
+    if selectors is None:
+        if auto is None or parse_layer_spec(auto) is None:
+            raise LayerSpecError(f"layers 'auto': the {catalog.family} model has no default layer; name one: "
+                                 f"{catalog.describe()}")
+        return resolve_layers(auto, catalog)
     valid = catalog.describe()
     out = []
     for sel in selectors:

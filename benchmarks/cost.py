@@ -13,8 +13,8 @@ PyTorch-SDPA function, the default on GPUs, whatever this CPU process picked
 Weights are bf16; FLOP counts do not depend on the dtype.
 
 Per model: ``row_tflops``, one row's whole forward. Per layer, named as a user types it in the
-pack's ``layers`` input (resolved by ``nodes/model_layers.layer_catalog`` + ``asag_core.resolve_layers``,
-as the node resolves it; ``auto`` as ``asag_core.auto_layers`` picks it):
+pack's ``layers`` input (resolved by ``nodes/plan.resolve`` as the nodes resolve it,
+as the node resolves it; ``auto`` as the family record (``nodes/families.py``) picks it):
 
 ``after_share``
     the share of one row's FLOPs from the first perturbed layer on, in execution order (forward
@@ -178,9 +178,8 @@ def layer_entry(count, names, prefix_names, roles, sinkhorn, iterations):
 
 def measure(host, arch, sinkhorn, only=None) -> dict:
     """The table's entry for one architecture (``only``: a subset of layer specs)."""
-    core = pack_module(host, "asag_core")
     model_layers = pack_module(host, "nodes.model_layers")
-    prefix_modules = pack_module(host, "nodes.shared_prefix").prefix_modules
+    prefix_modules = model_layers.prefix_modules
     import comfy.model_patcher
 
     config, model = build_on(arch, META, sinkhorn.dtype)
@@ -193,7 +192,7 @@ def measure(host, arch, sinkhorn, only=None) -> dict:
     dm = model.diffusion_model
 
     def resolve(spec):
-        return core.resolve_layers(spec, catalog)
+        return list(pack_module(host, "nodes.plan").resolve(patcher, spec))
 
     choices = layer_choices(arch, catalog, resolve)
     if only is not None:
@@ -209,7 +208,7 @@ def measure(host, arch, sinkhorn, only=None) -> dict:
         watched.update(zip(prefix, shared, strict=True))
         selections[spec] = (names, prefix)
     x, sigma, conds = model_inputs(arch, model, META)
-    options = sdpa_transformer_options(pack_module(host, "nodes.comfy_internals").ATTENTION_OVERRIDE)
+    options = sdpa_transformer_options(pack_module(host, "nodes.comfy_contract").ATTENTION_OVERRIDE)
     start = time.perf_counter()
     with torch.inference_mode():
         count = count_forward(lambda: model.apply_model(x, sigma, transformer_options=dict(options), **conds),

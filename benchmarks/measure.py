@@ -126,10 +126,10 @@ def medians(times: dict) -> tuple[dict, dict]:
 
 class SinkhornTimer:
     """Seconds spent inside the Sinkhorn attention during real sampling steps, per variant:
-    wraps ``nodes.attention_patch.sinkhorn_attention``, the one place the model calls it from."""
+    wraps ``nodes.adversarial_call.sinkhorn_attention``, the one place the model calls it from."""
 
     def __init__(self, host):
-        self.module = pack_module(host, "nodes.attention_patch")
+        self.module = pack_module(host, "nodes.adversarial_call")
         self.variant = None
         self.seconds = {}
 

@@ -45,7 +45,7 @@ def resolve_unet_layers(host, model, layers: str) -> list[tuple]:
     catalog = sys.modules[f"{pack}.nodes.model_layers"].layer_catalog(model)
     if not catalog.is_unet:
         raise SystemExit(f"layer-matched PAG needs a U-Net (attn1 replace patches); this is a {catalog.family} DiT")
-    resolved = sys.modules[f"{pack}.asag_core"].resolve_layers(layers, catalog)
+    resolved = sys.modules[f"{pack}.nodes.plan"].resolve(model, layers)
     return [layer.patch_key for layer in resolved]
 
 

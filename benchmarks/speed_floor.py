@@ -43,9 +43,9 @@ def work_after_prefix(host, model, inputs, repeats):
     plain model: forward time (median over ``repeats`` calls) and FLOPs (torch's FLOP counter,
     matmuls, convolutions and attention; elementwise work uncounted; ``benchmarks/flops.py``)."""
     node_model = host.node("ASAG").execute(model, 1.5).result[0]
-    plan = pack_module(host, "nodes.guidance_nodes").carried_plan(node_model.model_options)
+    plan = pack_module(host, "nodes.guidance_step").carried_plan(node_model.model_options)
     dm = model.model.diffusion_model
-    prefix = pack_module(host, "nodes.shared_prefix").prefix_modules(dm, plan.layers)
+    prefix = pack_module(host, "nodes.model_layers").prefix_modules(dm, plan.layers)
     args, kwargs = rows_of(inputs, 1)
     time_share = _prefix_time_share(dm, prefix, args, kwargs, repeats)
     names = [f"prefix {i}" for i in range(len(prefix))]

@@ -1,12 +1,5 @@
-"""ComfyUI glue: the ASAG nodes and the extension that registers them."""
+"""ComfyUI glue: the ASAG nodes (``guidance_nodes.py``) and what they need of ComfyUI.
 
-from typing_extensions import override
-
-from .comfy_internals import ComfyExtension, io
-from .guidance_nodes import NODES
-
-
-class ASAGExtension(ComfyExtension):
-    @override
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODES)
+Nothing is imported here, so the pure modules (``comfy_contract``, ``families``, ``row_split``,
+``handoff``...) can be imported without ComfyUI; ``extension.py`` is what ComfyUI loads.
+"""

@@ -11,9 +11,10 @@ from ..asag_core import (
     RESCALE_MODES,
     ASAGSettings,
 )
-from . import comfy_internals as comfy
-from .comfy_internals import io
-from .guidance_step import ASAGStep, add_run_lock, carried_step, install, run_lock
+from . import comfy_bridge as bridge
+from . import comfy_contract as contract
+from .comfy_bridge import io
+from .guidance_step import ASAGStep, add_run_lock, carried_plan, install, run_lock
 from .plan import ASAGPlan, copy_plan, make_plan
 from .unreachable_attention import reach_attention
 
@@ -35,18 +36,12 @@ def patch_model(model, settings: ASAGSettings):
     patched = model.clone()
     if settings.scale == 0:
         return patched
-    comfy.set_post_cfg_function(patched, step.post_cfg_function)
-    if comfy.CALC_COND_BATCH not in patched.model_options:
-        comfy.set_calc_cond_batch_function(patched, step.calc_cond_batch_function)
+    bridge.set_post_cfg_function(patched, step.post_cfg_function)
+    if contract.CALC_COND_BATCH not in patched.model_options:
+        bridge.set_calc_cond_batch_function(patched, step.calc_cond_batch_function)
     reach_attention(patched, step.plan.layers)
     add_run_lock(patched)
     return patched
-
-
-def carried_plan(model_options):
-    """The ASAG plan a model patched by ASAG/ASAGAdvanced carries (the last one), else None."""
-    step = carried_step(model_options)
-    return None if step is None else step.plan
 
 
 def _scale_input():
@@ -137,7 +132,7 @@ class ASAGAdvanced(io.ComfyNode):
         return io.NodeOutput(patch_model(model, settings))
 
 
-class ASAGCFGGuider(comfy.CFGGuider):
+class ASAGCFGGuider(bridge.CFGGuider):
     """CFGGuider with ASAG: ComfyUI's own sampling_function, with the ASAG step's functions in
     the model_options (cond, uncond and the adversarial rows in one batched call when the slot
     is free). Other nodes' pre-CFG, post-CFG and batch functions run as under CFGGuider."""
@@ -155,7 +150,7 @@ class ASAGCFGGuider(comfy.CFGGuider):
             return super().outer_sample(*args, **kwargs)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
-        return comfy.sampling_function(
+        return bridge.sampling_function(
             self.inner_model, x, timestep, self.conds.get("negative"), self.conds.get("positive"), self.cfg,
             install(model_options, self.step), seed,
         )

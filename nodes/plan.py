@@ -1,4 +1,4 @@
-"""What a patched model carries: the validated settings and the concrete layers of one model."""
+"""What a patched model carries: the validated settings, and the layers and family of one model."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass, replace
 
 from ..asag_core import ASAGSettings, resolve_layers
-from . import comfy_internals as comfy
-from .model_layers import layer_catalog
+from . import comfy_contract as contract
+from .families import Family, family_of
+from .model_layers import auto_spec, layer_catalog
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,9 @@ class ASAGPlan:
 
     settings: ASAGSettings
     layers: tuple
-    family: str
+    family: Family
+    #: the loaded model's config class (SD15, Flux2...), for messages
+    model_name: str
 
     def window(self, model_sampling) -> tuple[float, float]:
         """``(sigma_start, sigma_end)`` of the percent window on this model sampling: SD's sigmas run
@@ -41,10 +44,17 @@ class ASAGPlan:
         return sigma_end <= sigma <= sigma_start
 
 
+def resolve(model_patcher, spec: str) -> tuple:
+    """The layers a ``layers`` spec names on this model, "auto" its family's default (as the nodes resolve it)."""
+    family = family_of(contract.uncompiled(contract.diffusion_model(model_patcher.model)))
+    catalog = layer_catalog(model_patcher)
+    return tuple(resolve_layers(spec, catalog, auto=auto_spec(family, catalog)))
+
+
 def make_plan(model_patcher, settings: ASAGSettings) -> ASAGPlan:
     """Resolve the layer spec against this model now, so a bad spec fails on the node."""
-    catalog = layer_catalog(model_patcher)
-    return ASAGPlan(settings, tuple(resolve_layers(settings.layers, catalog)), comfy.family_name(model_patcher))
+    family = family_of(contract.uncompiled(contract.diffusion_model(model_patcher.model)))
+    return ASAGPlan(settings, resolve(model_patcher, settings.layers), family, contract.config_name(model_patcher))
 
 
 def copy_plan(plan: ASAGPlan, **settings_changes) -> ASAGPlan:
@@ -58,4 +68,4 @@ def copy_plan(plan: ASAGPlan, **settings_changes) -> ASAGPlan:
     return replace(plan, settings=settings)
 
 
-__all__ = ["ASAGPlan", "copy_plan", "make_plan"]
+__all__ = ["ASAGPlan", "copy_plan", "make_plan", "resolve"]

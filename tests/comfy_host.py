@@ -56,7 +56,7 @@ class Host:
 
     @property
     def pack(self):
-        """The pack as ComfyUI imported it (its submodules: .nodes.attention_patch ...)."""
+        """The pack as ComfyUI imported it (its submodules: .nodes.adversarial_call ...)."""
         return sys.modules[self.pack_module_name]
 
 

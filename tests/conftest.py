@@ -50,7 +50,7 @@ class SinkhornCall(tuple):
 @pytest.fixture
 def sinkhorn_calls(host, monkeypatch):
     """Records every Sinkhorn attention call the model makes (:class:`SinkhornCall`)."""
-    module = host.internal("nodes.attention_patch")
+    module = host.internal("nodes.adversarial_call")
     calls = []
     real = module.sinkhorn_attention
 

@@ -83,10 +83,9 @@ def per_slot_attn2(seen):
 
 def _with_per_slot_attn2(host, model, seen, layers):
     """``model`` with the per-slot attn2 patch on the transformers of ``layers`` (input blocks)."""
-    import sys
 
-    plan = sys.modules[host.pack_module_name + ".nodes.plan"].make_plan
-    settings = sys.modules[host.pack_module_name + ".asag_core"].ASAGSettings(layers=layers)
+    plan = host.internal("nodes.plan").make_plan
+    settings = host.internal("asag_core").ASAGSettings(layers=layers)
     patched = model.clone()
     for layer in plan(model, settings).layers:
         patched.set_model_attn2_replace(per_slot_attn2(seen), *layer.patch_key)

@@ -113,13 +113,15 @@ def _pack(host, name):
     return sys.modules[f"{host.pack_module_name}.{name}"]
 
 
-def _override_for(host, layer, settings):
-    """The DiT override of one adversarial call, and a tracked model call running in ``layer``."""
-    plan_module, tracking = _pack(host, "nodes.plan"), _pack(host, "nodes.block_tracking")
-    plan = plan_module.ASAGPlan(settings, (layer,), "test")
-    report = tracking.CallReport(plan)
-    _, override = _pack(host, "nodes.attention_patch").with_sinkhorn({}, plan, report)
-    return override, report
+def _override_for(host, layer, settings, flags):
+    """The DiT override of one adversarial call, and a model call of it running in ``layer``."""
+    plan = _pack(host, "nodes.plan").ASAGPlan(settings, (layer,), _pack(host, "nodes.families").GENERIC, "test")
+    calls = _pack(host, "nodes.adversarial_call")
+    call = calls.AdversarialCall(plan, [], share_prefix=False)
+    call.model_options({})  # the override is made for the call's options
+    model_call = calls.ModelCall(call, flags)
+    model_call.frames.append((layer, "block", None))  # inside the chosen block, as its hooks would say
+    return call, model_call
 
 
 def _sdpa_function(calls):
@@ -140,11 +142,11 @@ def _flat(t):
 @pytest.mark.parametrize("heads_layout", [True, False], ids=["skip_reshape", "flat"])
 @pytest.mark.parametrize("flags", [[True], [True, False], [False]], ids=["adversarial", "mixed", "plain"])
 def test_scale_and_gqa_reaching_the_override_are_honoured(host, flags, heads_layout):
-    asag_core, tracking = _pack(host, "asag_core"), _pack(host, "nodes.block_tracking")
+    asag_core = _pack(host, "asag_core")
     layer = asag_core.DiTLayer("double", 0)
     # similarity cost, no iteration, lam 1: the plan is exactly softmax attention, so SDPA is the reference
     settings = asag_core.ASAGSettings(iterations=0, lam=1.0, cost="similarity")
-    override, report = _override_for(host, layer, settings)
+    call, model_call = _override_for(host, layer, settings, flags)
     g = torch.Generator().manual_seed(0)
     batch, heads, kv_heads, tokens, dim = len(flags), 8, 2, 12, 16
     q = torch.randn(batch, heads, tokens, dim, generator=g)
@@ -152,8 +154,6 @@ def test_scale_and_gqa_reaching_the_override_are_honoured(host, flags, heads_lay
     scale = 0.37
     reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
     calls = []
-    call = tracking.ModelCall(report, flags, override)
-    call.layers.append(layer)
     function = _sdpa_function(calls)
     if not heads_layout:
         q, k, v = (_flat(t) for t in (q, k, v))
@@ -163,9 +163,10 @@ def test_scale_and_gqa_reaching_the_override_are_honoured(host, flags, heads_lay
         def function(q, k, v, heads, **kw):  # ComfyUI's flat layout: heads from q's inner size
             split = [t.view(t.shape[0], t.shape[1], -1, dim).transpose(1, 2) for t in (q, k, v)]
             return _flat(sdpa(*split, heads, **kw))
-    with tracking.running(call):
-        out = override(function, q, k, v, heads, skip_reshape=heads_layout, skip_output_reshape=heads_layout,
-                       scale=scale, enable_gqa=True, transformer_options={})
-    assert report.sinkhorn_calls == (1 if any(flags) else 0)
+    with model_call.running():
+        out = call.attention_override(function, q, k, v, heads, skip_reshape=heads_layout,
+                                      skip_output_reshape=heads_layout, scale=scale, enable_gqa=True,
+                                      transformer_options={})
+    assert call.sinkhorn_calls == (1 if any(flags) else 0)
     assert calls == ([{"scale": scale, "enable_gqa": True}] if not all(flags) else [])
     assert_relative(out, reference, 1e-5)

@@ -151,18 +151,17 @@ def test_layer_names_resolve_on_the_real_architectures(host, table):
     from benchmarks.cost_models import BY_KEY, build_on, detection_round_trip
     from benchmarks.host import pack_module
 
-    resolve = pack_module(host, "asag_core").resolve_layers
-    catalog_of = pack_module(host, "nodes.model_layers").layer_catalog
+    resolve = pack_module(host, "nodes.plan").resolve
     cpu = torch.device("cpu")
     for key, m in table["models"].items():
         arch = BY_KEY[key]
         config, model = build_on(arch, torch.device("meta"))
         assert detection_round_trip(arch, config, model) == [], key
         assert type(config).__name__ == m["config_class"]
-        catalog = catalog_of(comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu))
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
         for spec, e in m["layers"].items():
-            assert len(resolve(spec, catalog)) == e["perturbed_layers"], (key, spec)
-        assert resolve("auto", catalog) == resolve(m["layers"]["auto"]["resolves_to"], catalog), key
+            assert len(resolve(patcher, spec)) == e["perturbed_layers"], (key, spec)
+        assert resolve(patcher, "auto") == resolve(patcher, m["layers"]["auto"]["resolves_to"]), key
 
 
 FLUX_EMBEDDERS = ("img_in", "time_in", "guidance_in", "vector_in", "txt_in")  # what Flux runs before double0
@@ -186,7 +185,7 @@ def test_full_size_flux_counted_afresh_gives_the_table(host, table):
     meta = torch.device("meta")
     _, model = build_on(arch, meta)
     x, sigma, conds = model_inputs(arch, model, meta)
-    options = sdpa_transformer_options(pack_module(host, "nodes.comfy_internals").ATTENTION_OVERRIDE)
+    options = sdpa_transformer_options(pack_module(host, "nodes.comfy_contract").ATTENTION_OVERRIDE)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model.apply_model(x, sigma, transformer_options=options, **conds)
     per_module = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}

@@ -7,7 +7,6 @@ adversarial rows; with the Sinkhorn plan swapped for ordinary attention the guid
 equals the unguided one (so nothing but the plan separates the adversarial branch).
 """
 
-import sys
 
 import pytest
 import sampling
@@ -38,7 +37,7 @@ def models(host):
 
 
 def plan_of(host, model):
-    module = sys.modules[host.pack_module_name + ".nodes.guidance_nodes"]
+    module = host.internal("nodes.guidance_step")
     return module.carried_plan(model.model_options)
 
 
@@ -88,31 +87,19 @@ def test_auto_layers_are_the_documented_defaults(host, models):
     assert [layer.patch_key for layer in sd3.layers] == [("double_block", 1)]
 
 
-@pytest.fixture
-def plain_attention_plan(host, monkeypatch):
-    """Swap the Sinkhorn plan for ordinary softmax attention (SDPA)."""
-    module = sys.modules[host.pack_module_name + ".nodes.attention_patch"]
-    calls = []
-
-    def softmax_attention(q, k, v, heads, settings, layer, mask=None, skip_reshape=False, skip_output_reshape=False):
-        calls.append(layer)
-        if not skip_reshape:
-            q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return out if skip_output_reshape else out.transpose(1, 2).flatten(2)
-
-    monkeypatch.setattr(module, "sinkhorn_attention", softmax_attention)
-    return calls
+# the similarity cost with no Sinkhorn iteration and lam 1 is softmax(QK^T/sqrt(d)): ordinary attention
+PLAIN_ATTENTION_PLAN = {"cost": "similarity", "iterations": 0, "lam": 1.0}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_only_the_plan_separates_the_adversarial_branch(host, models, family, plain_attention_plan):
+def test_only_the_plan_separates_the_adversarial_branch(host, models, family, sinkhorn_calls):
     model = models[family]
     base = ksampler(host, model, family, batch=2)
-    guided = ksampler(host, sampling.patch(host, "ASAG", model, scale=3.0), family, batch=2)
-    assert plain_attention_plan, "the patched layers never ran"
+    plain_plan = sampling.patch(host, "ASAGAdvanced", model, scale=3.0, **PLAIN_ATTENTION_PLAN)
+    guided = ksampler(host, plain_plan, family, batch=2)
+    assert sinkhorn_calls, "the patched layers never ran"
     assert_same_sample(guided, base)
-    guider = sampling.asag_guider(host, model, family, 4.0, 3.0)
+    guider = sampling.asag_guider(host, plain_plan, family, 4.0, 3.0)
     via_guider = sampling.custom_advanced(host, guider, model, batch=2, family=family)
     assert_same_sample(via_guider, base)
 

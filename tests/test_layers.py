@@ -15,7 +15,6 @@ from asag_core import (
     LayerCatalog,
     LayerSpecError,
     UNetLayer,
-    auto_layers,
     parse_layer_spec,
     resolve_layers,
 )
@@ -150,37 +149,38 @@ def test_dit_selections(catalog, spec, expected):
 
 
 @pytest.mark.parametrize(
-    "catalog,expected",
+    "catalog,auto,expected",
     [
-        (SDXL, unet("middle", 0, range(10))),  # every middle transformer, as PAG's authors do
-        (SD15, unet("middle", 0, [0])),
-        (NO_MIDDLE, unet("input", 4, range(2))),  # the deepest input block with transformers
-        (SD3, [DiTLayer("double", 12)]),  # the middle block of the main stack
-        (FLUX, [DiTLayer("double", 9)]),  # Flux dev/schnell: double9
-        (LayerCatalog("Odd", dit={"double": 7}), [DiTLayer("double", 3)]),
-        (SINGLE_ONLY, [DiTLayer("single", 3)]),
+        (SDXL, "m0", unet("middle", 0, range(10))),
+        (FLUX, "double9", [DiTLayer("double", 9)]),
+        (SINGLE_ONLY, "single3", [DiTLayer("single", 3)]),
     ],
 )
-def test_auto_is_the_documented_default(catalog, expected):
-    assert auto_layers(catalog) == expected
-    assert resolve_layers(" Auto ", catalog) == expected
+def test_auto_stands_for_the_spec_the_caller_gives(catalog, auto, expected):
+    """The family's default is a spec of this grammar (nodes/families.py supplies it)."""
+    assert resolve_layers(" Auto ", catalog, auto=auto) == expected
     assert parse_layer_spec("AUTO") is None
+
+
+def test_auto_without_a_default_names_the_model_and_its_layers():
+    with pytest.raises(LayerSpecError) as err:
+        resolve_layers("auto", SD15)
+    assert "SD15" in str(err.value) and SD15.describe() in str(err.value)
 
 
 @pytest.mark.parametrize(
     "catalog",
     [
         LayerCatalog("Empty"),
-        LayerCatalog("OutputOnly", unet={"output": [(3, 1)]}),
         LayerCatalog("NoBlocks", dit={"double": 0, "single": 0}),
+        LayerCatalog("NoTransformers", unet={"input": []}),
     ],
 )
-def test_auto_without_reachable_attention_names_the_model(catalog):
-    message = f"layers 'auto': the {catalog.family} model has no self-attention ASAG can reach"
-    for call in (lambda: auto_layers(catalog), lambda: resolve_layers("auto", catalog)):
-        with pytest.raises(LayerSpecError) as err:
-            call()
-        assert str(err.value) == message
+@pytest.mark.parametrize("spec", ["auto", "b0", "m0"])
+def test_a_model_without_reachable_attention_is_named(catalog, spec):
+    with pytest.raises(LayerSpecError) as err:
+        resolve_layers(spec, catalog, auto="b0")
+    assert str(err.value) == f"layers '{spec}': the {catalog.family} model has no self-attention ASAG can reach"
 
 
 # --- describe: the valid layers, as the errors list them --------------------------------------
@@ -226,7 +226,6 @@ def test_described_layers_are_exactly_the_models_layers(catalog):
         (SD3, "single0", "single0"),
         (FLUX, "double19", "double19"),
         (FLUX, "single38-single40", "single38-single40"),
-        (LayerCatalog("NoBlocks", unet={"input": []}), "d0", "d0"),
     ],
 )
 def test_missing_layer_names_it_and_lists_the_models_layers(catalog, spec, token):

@@ -9,7 +9,6 @@ HunyuanDiT calls its attention without transformer_options; it is reached throug
 per-model object patches of ``nodes/unreachable_attention.py`` and checked like the others.
 """
 
-import sys
 
 import pytest
 import tiny_dits
@@ -29,7 +28,7 @@ def sample(host, model, family, seed=1):
 
 
 def plan_of(host, model):
-    module = sys.modules[host.pack_module_name + ".nodes.guidance_nodes"]
+    module = host.internal("nodes.guidance_step")
     return module.carried_plan(model.model_options)
 
 

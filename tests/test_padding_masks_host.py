@@ -58,7 +58,7 @@ def _heads(t, heads, skip_reshape):
 @pytest.fixture
 def recorded_plans(host, monkeypatch):
     """Every Sinkhorn call: (plan recomputed from its q/k/mask, padded-pair bool, plan @ v vs output error)."""
-    module = sys.modules[host.pack_module_name + ".nodes.attention_patch"]
+    module = host.internal("nodes.adversarial_call")
     core, common = _pack(host, ""), _pack(host, ".sinkhorn_common")
     real = module.sinkhorn_attention
     records = []

@@ -101,7 +101,7 @@ def test_guider_rejects_a_bad_scale_and_changes_nothing(host, sd15, scale):
 def test_a_model_without_reachable_self_attention_is_refused(host):
     model = tiny_models.sd15_without_attention()
     layer_error = errors(host)
-    catalog = sys.modules[host.pack_module_name + ".nodes.model_layers"].layer_catalog(model)
+    catalog = host.internal("nodes.model_layers").layer_catalog(model)
     assert not catalog.unet and not catalog.dit, f"the attention-free U-Net still offers layers: {catalog}"
     assert torch.isfinite(run(host, model)).all(), "the attention-free model itself does not sample"
 
@@ -313,7 +313,7 @@ def test_interrupt_inside_the_adversarial_pass(host, sd15, family, path, layers,
     its two chosen layers (ComfyUI's own context-window loop raises it inside calc_cond_batch too)."""
     import comfy.model_management
 
-    module = sys.modules[host.pack_module_name + ".nodes.attention_patch"]
+    module = host.internal("nodes.adversarial_call")
     real = module.sinkhorn_attention
     calls = []
 
@@ -345,7 +345,7 @@ def test_interrupt_inside_the_adversarial_pass(host, sd15, family, path, layers,
     assert len(calls) == 2, "the interrupt must come from inside the adversarial pass"
     monkeypatch.setattr(module, "sinkhorn_attention", real)
     assert _hooks(model) == hooks, "hooks were left on the model's blocks"
-    tracking = sys.modules[host.pack_module_name + ".nodes.block_tracking"]
+    tracking = host.internal("nodes.adversarial_call")
     assert tracking.current() is None, "a model call is still tracked as running"
     _check_nothing_left(host, states, (model, weights), [(sample, fresh)])
 

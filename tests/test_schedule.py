@@ -6,7 +6,6 @@ were guided is counted, not inferred: the Sinkhorn attention calls are recorded 
 steps with the sampler's own step callback.
 """
 
-import sys
 
 import pytest
 import sampling
@@ -106,7 +105,7 @@ def test_each_bound_excludes_its_side(host, models, sinkhorn_calls, family):
 
 
 def test_the_window_is_the_models_own_percent_to_sigma(host, models):
-    module = sys.modules[host.pack_module_name + ".nodes.guidance_nodes"]
+    module = host.internal("nodes.guidance_step")
     for family, model in models.items():
         plan = module.carried_plan(sampling.patch(host, "ASAGAdvanced", model, start_percent=0.25,
                                                   end_percent=0.75).model_options)
@@ -127,8 +126,8 @@ class _Window:
 
 def test_both_bounds_are_inclusive_like_skip_layer_guidance(host, models):
     """ComfyUI's SkipLayerGuidance guides while sigma_end <= sigma <= sigma_start; so does ASAG."""
-    plan_module = sys.modules[host.pack_module_name + ".nodes.plan"]
-    guidance = sys.modules[host.pack_module_name + ".nodes.guidance_nodes"]
+    plan_module = host.internal("nodes.plan")
+    guidance = host.internal("nodes.guidance_step")
     plan = guidance.carried_plan(sampling.patch(host, "ASAGAdvanced", models["sd15"], start_percent=0.25,
                                                 end_percent=0.75).model_options)
     ms = _Window()

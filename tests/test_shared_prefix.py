@@ -1,5 +1,5 @@
 """ASAGGuider's shared prefix: the adversarial rows reuse the conditional rows' activations
-up to the first perturbed layer (nodes/shared_prefix.py).
+up to the first perturbed layer (nodes/adversarial_call.py, "Shared prefix").
 
 Checked on tiny SD1.5, SDXL, Flux and SD3 models in the real ComfyUI: the shared result
 equals the unshared batched call to 1e-5 (relative to the output's magnitude); the prefix
@@ -9,7 +9,6 @@ inputs differ, or that lack their conditional partner in the call, are not share
 """
 
 import contextlib
-import sys
 
 import pytest
 import sampling
@@ -38,7 +37,7 @@ def models(host):
 
 
 def _module(host, name):
-    return sys.modules[f"{host.pack_module_name}.nodes.{name}"]
+    return host.internal(f"nodes.{name}")
 
 
 def _guider(host, model, family, spec, cfg, share):
@@ -103,7 +102,7 @@ def _assert_close(actual, expected):
 
 @pytest.mark.parametrize("family, spec, cfg", CASES)
 def test_shared_equals_unshared_and_prefix_runs_on_fewer_rows(host, models, family, spec, cfg):
-    shared_prefix = _module(host, "shared_prefix")
+    shared_prefix = _module(host, "model_layers")
     base = models[family]
     diffusion_model = base.model.diffusion_model
     guider, model = _guider(host, base, family, spec, cfg, share=False)
@@ -128,12 +127,12 @@ def test_shared_equals_unshared_and_prefix_runs_on_fewer_rows(host, models, fami
 
     assert _hook_count(diffusion_model) == hooks_before, "hooks left on the diffusion model"
     wrappers = model.model_options.get("transformer_options", {}).get("wrappers", {})
-    assert not any(shared_prefix.WRAPPER_KEY in by_key for by_key in wrappers.values())
+    assert not any(_module(host, "adversarial_call").WRAPPER_KEY in by_key for by_key in wrappers.values())
 
 
 @pytest.mark.parametrize("family", ["sdxl", "flux"])
 def test_nothing_stays_registered_after_an_exception(host, models, family):
-    shared_prefix = _module(host, "shared_prefix")
+    shared_prefix = _module(host, "model_layers")
     model = models[family]
     diffusion_model = model.model.diffusion_model
     guider, _ = _guider(host, model, family, "auto", 4.0, share=True)
@@ -159,7 +158,7 @@ def test_nothing_stays_registered_after_an_exception(host, models, family):
 
 def test_rows_with_different_inputs_are_not_shared(host, models):
     """A model_function_wrapper that changes the adversarial rows' input: sharing must back off."""
-    shared_prefix = _module(host, "shared_prefix")
+    shared_prefix = _module(host, "model_layers")
     family = "sd15"
     model = models[family].clone()
 
@@ -191,7 +190,7 @@ def _call(order, uuids, tags):
 
 
 def test_fork_pairs_chunks_by_tag_and_uuid(host):
-    plan_fork = _module(host, "shared_prefix").plan_fork
+    plan_fork = _module(host, "row_split").plan_fork
     x = torch.zeros(6, 2)
 
     # the fast path's call: calc_cond_batch reverses [positive, uncond, adversarial] to [adv, uncond, positive]

@@ -41,7 +41,7 @@ def _guider(host, model, family, spec, cfg, share, batch):
 
 @pytest.mark.parametrize("family, spec, cfg", CASES)
 def test_dit_prefix_runs_without_the_adversarial_rows_and_changes_nothing(host, family, spec, cfg):
-    shared_prefix = _module(host, "shared_prefix")
+    shared_prefix = _module(host, "model_layers")
     base = tiny_dits.FAMILIES[family]()
     diffusion_model = base.model.diffusion_model
     batch = 2

@@ -17,7 +17,6 @@ adversarial branch is a model call of its own) and the unpatched model.
 
 from __future__ import annotations
 
-import sys
 from typing import NamedTuple
 
 import pytest
@@ -35,7 +34,7 @@ CFG = 3.5  # the Wan 2.2 14B template's cfg
 @pytest.fixture
 def qk_tokens(host, sinkhorn_calls, monkeypatch):
     """(query tokens, key tokens) of every Sinkhorn call; stacked on ``sinkhorn_calls``."""
-    module = sys.modules[host.pack_module_name + ".nodes.attention_patch"]
+    module = host.internal("nodes.adversarial_call")
     calls = []
     inner = module.sinkhorn_attention
 
