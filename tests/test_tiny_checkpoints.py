@@ -144,3 +144,35 @@ def test_a_seed_key_of_another_shape_or_unknown_to_the_model_is_an_error(host):
         tc.load_tiny(wrong)
     with pytest.raises(ValueError, match="not_a_layer.weight"):
         tc.load_tiny(dict(seed, **{"not_a_layer.weight": torch.zeros(3)}))
+
+
+def test_metadata_reaches_detection_as_a_files_config_does(host, monkeypatch):
+    """An LTXV file's safetensors metadata carries its transformer config, which LTXV detection
+    reads: given the tiny widths there, no Hand is needed and the model equals the Hand-made one.
+    0.22's loader takes the metadata itself; 0.3.64's takes none, so load_tiny runs its steps."""
+    import functools
+    import inspect
+    import json
+
+    import comfy.sd
+
+    hand = tc.hand_for("ltxv")
+    metadata = {"config": json.dumps({"transformer": hand.overrides})}
+    seed = _seed("ltxv")
+    assert tc.detect(seed, metadata).items() >= hand.overrides.items()
+    calls = []
+    real = comfy.sd.load_diffusion_model_state_dict
+
+    @functools.wraps(real)  # keeps the signature load_tiny reads
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(comfy.sd, "load_diffusion_model_state_dict", recording)
+    from_metadata = tc.load_tiny(seed, metadata=metadata).model
+    takes_metadata = "metadata" in inspect.signature(real).parameters
+    assert [k.get("metadata") for k in calls] == ([metadata] if takes_metadata else [])
+    from_hand = tc.load_tiny(seed, hand=hand).model
+    assert type(from_metadata.model_config) is type(from_hand.model_config)
+    ours, theirs = from_metadata.diffusion_model.state_dict(), from_hand.diffusion_model.state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)

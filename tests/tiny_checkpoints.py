@@ -102,38 +102,39 @@ class Hand:
 # the stages
 # ---------------------------------------------------------------------------------------------
 
-def detect(state_dict):
-    """ComfyUI's ``detect_unet_config`` on a diffusion-model state dict (no prefix)."""
+def detect(state_dict, metadata=None):
+    """ComfyUI's ``detect_unet_config`` on a diffusion-model state dict (no prefix); ``metadata``: a
+    safetensors file's metadata, whose ``config`` JSON some families' detection reads (LTXV)."""
     import comfy.model_detection
 
-    config = comfy.model_detection.detect_unet_config(state_dict, "")
+    config = comfy.model_detection.detect_unet_config(state_dict, "", metadata=metadata)
     if config is None:
         raise ValueError(f"ComfyUI's detection recognises no diffusion model in the keys {sorted(state_dict)[:8]}...")
     return config
 
 
-def detected_class(state_dict):
+def detected_class(state_dict, metadata=None):
     """The supported_models class ComfyUI's matching picks for the detected config (None: none)."""
     import comfy.supported_models
 
-    config = detect(state_dict)
+    config = detect(state_dict, metadata)
     for cls in comfy.supported_models.models:
         if cls.matches(config, state_dict):
             return cls
     return None
 
 
-def model_config(state_dict, hand=None):
+def model_config(state_dict, hand=None, metadata=None):
     """ComfyUI's model config (a supported_models instance) for ``state_dict``: the detected
     unet_config, the class ComfyUI matches (or ``hand.config_class``), ``hand.overrides`` applied."""
     import comfy.model_base
     import comfy.supported_models
 
-    unet_config = detect(state_dict)
+    unet_config = detect(state_dict, metadata)
     if hand is not None and hand.config_class is not None:
         cls = getattr(comfy.supported_models, hand.config_class)
     else:
-        cls = detected_class(state_dict)
+        cls = detected_class(state_dict, metadata)
         if cls is None:
             raise ValueError(f"ComfyUI matches no supported model to the detected config {unet_config}; "
                              "a Hand with config_class names one")
@@ -146,11 +147,11 @@ def model_config(state_dict, hand=None):
     return config
 
 
-def complete_checkpoint(state_dict, hand=None, seed=0):
+def complete_checkpoint(state_dict, hand=None, seed=0, metadata=None):
     """The full tiny checkpoint: ``state_dict`` (a seed, in the real key layout) plus every other
     key of the model ComfyUI builds from it, with ``values``. Tensors given keep their values; a
     given key the model lacks, or one of another shape, is an error."""
-    config = model_config(state_dict, hand)
+    config = model_config(state_dict, hand, metadata)
     config.set_inference_dtype(torch.float32, None)
     given = config.process_unet_state_dict(dict(state_dict))  # a checkpoint's names -> the model's
     model = config.get_model(given).diffusion_model
@@ -197,26 +198,37 @@ def _same_config(config, expected):
                              f"its seed as {type(expected).__name__} {theirs}")
 
 
-def load_tiny(state_dict, dtype=torch.float32, hand=None, seed=0):
+def _loader_takes_metadata():
+    import inspect
+
+    import comfy.sd
+
+    return "metadata" in inspect.signature(comfy.sd.load_diffusion_model_state_dict).parameters
+
+
+def load_tiny(state_dict, dtype=torch.float32, hand=None, seed=0, metadata=None):
     """A CPU ModelPatcher of the tiny checkpoint ``state_dict`` (a seed or a complete checkpoint),
     loaded by ComfyUI (see the module docstring). ``dtype``: the weights' and the computation's
     dtype (ComfyUI's own loader on a CPU would compute half weights in float32, so half dtypes take
-    the loader's steps with ``dtype`` as the inference dtype, as a GPU runs them)."""
+    the loader's steps with ``dtype`` as the inference dtype, as a GPU runs them). ``metadata``: the
+    file's safetensors metadata, for hosts whose loader reads it (0.22: ``config`` JSON); a host whose
+    loader takes none (0.3.64) gets it through the loader's steps, its detection reading it."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.sd
 
-    checkpoint = complete_checkpoint(state_dict, hand, seed)
-    expected = model_config(state_dict, hand)
+    checkpoint = complete_checkpoint(state_dict, hand, seed, metadata)
+    expected = model_config(state_dict, hand, metadata)
     comfy.model_management.unload_all_models()
-    if hand is None and dtype == torch.float32:
-        patcher = comfy.sd.load_diffusion_model_state_dict(dict(checkpoint), model_options={"dtype": dtype})
+    if hand is None and dtype == torch.float32 and (metadata is None or _loader_takes_metadata()):
+        extra = {} if metadata is None else {"metadata": metadata}
+        patcher = comfy.sd.load_diffusion_model_state_dict(dict(checkpoint), model_options={"dtype": dtype}, **extra)
         if patcher is None:
             raise ValueError("ComfyUI's loader recognises no diffusion model in the tiny checkpoint")
         _same_config(patcher.model.model_config, expected)
         _check_keys(patcher.model, checkpoint)
         return patcher
-    again = model_config(checkpoint, hand)
+    again = model_config(checkpoint, hand, metadata)
     _same_config(again, expected)
     again.set_inference_dtype(dtype, None)
     model = again.get_model(checkpoint)
