@@ -1,12 +1,13 @@
 """The full-size architectures of the cost table: ComfyUI's configs, latents and text inputs.
 
-Each ``unet_config`` is what ``comfy/model_detection.py`` (ComfyUI 0.3.64) ``detect_unet_config``
-returns for the named checkpoint: the values it reads from tensor shapes (widths, depths, text
-widths) and the constants it sets per family. ``benchmarks.cost`` checks it both ways: the config
-class comes from ``model_config_from_unet_config`` (ComfyUI's own match), and detection run on the
-state dict of the model built from it (meta tensors: the checkpoint's key names and shapes) gives
-the config back, the class included. LTXV: detection without the checkpoint's metadata (it only adds
-positional-embedding settings, no widths).
+``SEEDS[key]`` is the named checkpoint's key layout where ComfyUI's detection reads it
+(``tests/tiny_checkpoints.py``'s seeds at full size, meta tensors): the config comes from the running
+ComfyUI's own ``detect_unet_config`` (so a newer ComfyUI's new constructor fields come with it) and
+its class from ComfyUI's own match. ``unet_config`` is what ComfyUI 0.3.64's detection returns for the
+checkpoint; every host must detect those values (newer hosts may add fields), so every host counts
+the same architecture. ``benchmarks.cost`` checks the config both ways: detection run on the state
+dict of the model built from it gives the config back, the class included. LTXV: detection without
+the checkpoint's metadata (it only adds positional-embedding settings, no widths).
 
 Text context lengths are what ComfyUI's text encoders hand over for a prompt of up to 77 tokens
 (``comfy/text_encoders``): CLIP pads to 77; SD3's T5 pads to at least 77 and is concatenated after
@@ -17,9 +18,12 @@ template is cropped, so their length is the prompt's: 128 tokens here, a long de
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import torch
+
+from .host import TESTS
 
 _UNET = {"use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False}
 _WAN = {"image_model": "wan2.1", "patch_size": (1, 2, 2), "freq_dim": 256, "window_size": (-1, -1), "qk_norm": True,
@@ -123,13 +127,58 @@ ARCHITECTURES = (
 BY_KEY = {a.key: a for a in ARCHITECTURES}
 
 
+def _layouts():
+    """tests/tiny_checkpoints.py: the seed layouts at any size (the host tests' tiny models use them too)."""
+    if TESTS not in sys.path:
+        sys.path.insert(0, TESTS)
+    import tiny_checkpoints
+
+    return tiny_checkpoints
+
+
+_SD3_SEED = {"context": 4096, "pooled": 2048}
+_BIG_FLUX = {"hidden": 3072, "context": 4096, "pooled": 768, "mlp_ratio": 4.0, "head_dim": 128}
+SEEDS = {  # the checkpoints' keys that ComfyUI's detection reads: name -> shape
+    "sd15": lambda: _layouts().unet_seed(
+        model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=(2, 2, 2, 2), context_dim=768,
+        transformer_depth=(1, 1, 1, 1, 1, 1, 0, 0), transformer_depth_output=(1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0)),
+    "sdxl": lambda: _layouts().unet_seed(
+        model_channels=320, channel_mult=(1, 2, 4), num_res_blocks=(2, 2, 2), context_dim=2048, linear=True,
+        transformer_depth=(0, 0, 2, 2, 10, 10), transformer_depth_output=(0, 0, 0, 2, 2, 2, 10, 10, 10),
+        transformer_depth_middle=10, adm_in_channels=2816),
+    "sd35_large": lambda: _layouts().sd3_seed(depth=38, x_block_self_attn_layers=(), patches=36864, **_SD3_SEED),
+    "sd35_medium": lambda: _layouts().sd3_seed(depth=24, x_block_self_attn_layers=range(13), patches=147456,
+                                               **_SD3_SEED),
+    "flux_dev": lambda: _layouts().flux_seed(depth=19, single=38, **_BIG_FLUX),
+    "qwen_image": lambda: _layouts().qwen_image_seed(hidden=3072, layers=60, context=3584),
+    "wan22_14b": lambda: _layouts().wan_seed(dim=5120, ffn=13824, layers=40),
+    "wan22_5b": lambda: _layouts().wan_seed(in_dim=48, out_dim=48, dim=3072, ffn=14336, layers=30),
+    "ltxv": lambda: _layouts().ltxv_seed(dim=2048, layers=28, cross=2048),
+    "hunyuan_video": lambda: _layouts().hunyuan_video_seed(depth=20, single=40, **_BIG_FLUX),
+}
+
+
+def detected_config(arch: Architecture) -> dict:
+    """The running ComfyUI's ``detect_unet_config`` on the checkpoint's seed (meta tensors); an error
+    where it differs from ``arch.unet_config`` (ComfyUI 0.3.64's detection) in a value they share."""
+    import comfy.model_detection
+
+    seed = {k: torch.empty(shape, device="meta") for k, shape in SEEDS[arch.key]().items()}
+    config = comfy.model_detection.detect_unet_config(seed, "") or {}
+    differs = {k: (config.get(k), v) for k, v in arch.unet_config.items() if config.get(k) != v}
+    if differs:
+        raise RuntimeError(f"{arch.key}: this ComfyUI detects another architecture (detected, 0.3.64's): {differs}")
+    return config
+
+
 def model_config(arch: Architecture, dtype=torch.bfloat16):
     """ComfyUI's config class for the architecture, chosen by ComfyUI's own matching."""
     import comfy.model_detection
 
-    config = comfy.model_detection.model_config_from_unet_config(dict(arch.unet_config))
+    unet_config = detected_config(arch)
+    config = comfy.model_detection.model_config_from_unet_config(dict(unet_config))
     if config is None:
-        raise RuntimeError(f"{arch.key}: ComfyUI matches no model config to {arch.unet_config}")
+        raise RuntimeError(f"{arch.key}: ComfyUI matches no model config to {unet_config}")
     config.set_inference_dtype(dtype, None)
     return config
 
@@ -143,14 +192,15 @@ def build_on(arch: Architecture, device, dtype=torch.bfloat16):
 
 
 def detection_round_trip(arch: Architecture, config, model) -> list:
-    """What ComfyUI's detection reads back from the model's state dict, where it differs from
-    ``arch.unet_config`` (and the config class); [] when the config is a fixed point."""
+    """What ComfyUI's detection reads back from the model's state dict, where it differs from the
+    config detected from the checkpoint's seed (and the config class); [] when the config is a fixed point."""
     import comfy.model_detection
 
+    expected = detected_config(arch)
     sd = model.diffusion_model.state_dict()
     detected = comfy.model_detection.detect_unet_config(sd, "")
-    diffs = [f"{k}: {detected.get(k)!r} != {arch.unet_config.get(k)!r}"
-             for k in sorted(set(detected) | set(arch.unet_config)) if detected.get(k) != arch.unet_config.get(k)]
+    diffs = [f"{k}: {detected.get(k)!r} != {expected.get(k)!r}"
+             for k in sorted(set(detected) | set(expected)) if detected.get(k) != expected.get(k)]
     again = comfy.model_detection.model_config_from_unet_config(detected, sd)
     if type(again) is not type(config):
         diffs.append(f"config class {type(again).__name__} != {type(config).__name__}")
