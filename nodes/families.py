@@ -149,6 +149,31 @@ FAMILIES = (
         "Lumina 2, Z-Image", "Lumina2, ZImage, ZImagePixelSpace", ("comfy.ldm.lumina.model.NextDiT",),
         (_one("double", "layers"),), ("attention",), _MIDDLE, "the joint text+image attention of the layer"),
     Family(
+        "Kandinsky 5 (video, image)", "Kandinsky5, Kandinsky5Image", ("comfy.ldm.kandinsky5.model.Kandinsky5",),
+        (_one("double", "visual_transformer_blocks"),), ("self_attention",),
+        Auto("the middle visual block (the text blocks before them see text alone)"),
+        "the visual block's self-attention over the visual tokens; its text cross-attention is left alone",
+        prefix=True, hosts=NEWER_HOST),
+    Family(
+        "HiDream-O1", "HiDreamO1", ("comfy.ldm.hidream_o1.model.HiDreamO1Transformer",),
+        (_one("double", "language_model.layers"),), ("self_attn",), _MIDDLE,
+        "the attention of the generated rows (timestep token and image) over the whole sequence (text, timestep "
+        "token, image); the causal text rows run in raw SDPA, which nothing reaches, and stay as they are",
+        hosts=NEWER_HOST),
+    Family(
+        "Ernie-Image", "ErnieImage", ("comfy.ldm.ernie.model.ErnieImageModel",), (_one("double", "layers"),),
+        ("self_attention",), _MIDDLE,
+        "the joint image+text attention of the layer; its attention gets no transformer_options, so it is "
+        "reached through a per-model object patch", hosts=NEWER_HOST),
+    Family(
+        "Omnigen2", "Omnigen2", ("comfy.ldm.omnigen.omnigen2.OmniGen2Transformer2DModel",),
+        (_one("double", "layers"),), ("attn",), _MIDDLE,
+        "the joint attention over text, reference-image and image tokens of the layer"),
+    Family(
+        "CogVideoX", "CogVideoX_T2V, CogVideoX_I2V, CogVideoX_Inpaint",
+        ("comfy.ldm.cogvideo.model.CogVideoXTransformer3DModel",), (_one("double", "blocks"),), ("",), _MIDDLE,
+        "the joint text+video attention of the block", prefix=True, hosts=NEWER_HOST),
+    Family(
         "HunyuanDiT", "HunyuanDiT, HunyuanDiT1", ("comfy.ldm.hydit.models.HunYuanDiT",),
         (_one("double", "blocks"),), ("attn1",), _MIDDLE,
         "the block's self-attention (`attn1`); its attention gets no transformer_options, so it is reached "

@@ -99,6 +99,11 @@ def assert_absent_here(name, version, present):
     assert version < (0, 22, 0), f"ComfyUI {version} lacks {name}"
 
 
+def unreachable_here(name, version) -> bool:
+    """Whether this host runs the family's blocks where no attention hook reaches them."""
+    return name == "wan22_s2v" and version < S2V_UNREACHABLE_BEFORE
+
+
 def test_the_host_has_the_families_of_its_version(version, present):
     everything = set(tf.FAMILIES)
     assert present == (everything if version >= (0, 22, 0) else everything - tf.NEW_IN_0_22)
@@ -116,7 +121,7 @@ def test_asag_on_the_family(host, models, version, present, name, sinkhorn_calls
     assert torch.equal(off, base), "scale 0 must equal the unpatched sampler exactly"
     assert sinkhorn_calls == []
 
-    if name == "wan22_s2v" and version < S2V_UNREACHABLE_BEFORE:
+    if unreachable_here(name, version):
         with pytest.raises(RuntimeError, match="never reached the Sinkhorn attention"):
             sample(host, sampling.asag_on(host, model, "fast"), name)
         return
@@ -217,3 +222,62 @@ def test_every_new_family_loads_as_its_class(host, version, present):
             assert tc.detected_class(seed).__name__ == family.config, name
         complete = tc.complete_checkpoint(seed, family.hand)
         assert tc.detect(complete) == tc.detect(seed), name
+
+
+# ---------------------------------------------------------------------------------------------
+# the shared prefix, where a family's record says its blocks may share it
+# ---------------------------------------------------------------------------------------------
+
+def _denoise_once(host, guider, name):
+    """One Euler step from the first sigma to 0 through ``guider``: the guided prediction itself."""
+    from comfy_extras import nodes_custom_sampler as ncs
+
+    (noise,) = ncs.RandomNoise().get_noise(1)
+    (sampler,) = ncs.KSamplerSelect().get_sampler("euler")
+    (sigmas,) = ncs.BasicScheduler().get_sigmas(guider.model_patcher, "normal", 1, 1.0)
+    out, _ = ncs.SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, tf.latent(name))
+    return flat(out["samples"])
+
+
+#: (family, cfg) whose record shares the prefix but whose call cannot be narrowed exactly, so the pack runs
+#: it unshared: Edit-2511's blocks get a modulation of 2 x batch rows ([t rows, t=0 rows]); CogVideoX's
+#: rotary table has one row per token, and at cfg 1 (a batch of 2) its 32 rows read as a multiple of the batch
+UNSHARED = {("qwen_image_edit_2511", CFG), ("qwen_image_edit_2511", 1.0), ("cogvideox_t2v", 1.0),
+            ("cogvideox_i2v", 1.0)}
+
+
+@pytest.mark.parametrize("cfg", [CFG, 1.0])
+@pytest.mark.parametrize("name", list(tf.FAMILIES))
+def test_the_shared_prefix_runs_without_the_adversarial_row_and_changes_nothing(
+        host, models, version, present, name, cfg):
+    """Where the family's record shares the blocks before the perturbed one, they run on cond (and uncond)
+    only, and the guided prediction equals the unshared call's (FLUX.2's global modulation tuples and
+    Qwen-Image-Edit-2511's [t, t=0] modulation rows included). A record that does not share: no prefix."""
+    from test_shared_prefix import _assert_close, _hook_count, rows_seen
+
+    if name not in present:
+        assert_absent_here(name, version, present)
+        return
+    model = models(name)
+    diffusion_model = model.model.diffusion_model
+    shares = host.internal("nodes.families").family_of(diffusion_model).prefix
+    pos, neg = tf.conditioning(name)
+    if unreachable_here(name, version):
+        guider = host.node("ASAGGuider").execute(model, pos, neg, cfg, 1.5).result[0]
+        with pytest.raises(RuntimeError, match="never reached the Sinkhorn attention"):
+            _denoise_once(host, guider, name)
+        return
+    results = {}
+    for share in (False, True):
+        guider = host.node("ASAGGuider").execute(model, pos, neg, cfg, 1.5).result[0]
+        guider.step.share_prefix = share
+        prefix = host.internal("nodes.model_layers").prefix_modules(diffusion_model, guider.plan.layers)
+        assert bool(prefix) == shares, f"{name}: prefix {len(prefix)} blocks, the record says shared={shares}"
+        hooks = _hook_count(diffusion_model)
+        with rows_seen(prefix) as seen:
+            results[share] = _denoise_once(host, guider, name)
+        full = 3 if cfg != 1.0 else 2  # cond, [uncond,] adversarial
+        narrowed = share and (name, cfg) not in UNSHARED
+        assert all(rows == [full - 1 if narrowed else full] for rows in seen.values()), (share, list(seen.values()))
+        assert _hook_count(diffusion_model) == hooks, "hooks left on the diffusion model"
+    _assert_close(results[True], results[False])
