@@ -194,7 +194,7 @@ def _same_config(config, expected):
     ours = {k: v for k, v in config.unet_config.items() if k != "dtype"}
     theirs = {k: v for k, v in expected.unet_config.items() if k != "dtype"}
     if type(config) is not type(expected) or ours != theirs:
-        raise AssertionError(f"the complete checkpoint detects as {type(config).__name__} {ours}, "
+        raise ValueError(f"the complete checkpoint detects as {type(config).__name__} {ours}, "
                              f"its seed as {type(expected).__name__} {theirs}")
 
 
