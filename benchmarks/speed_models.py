@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .measure import hold_batch_slot, patcher, sample_timed, with_extra_row
+from .measure import _tests_on_path, hold_batch_slot, patcher, sample_timed, with_extra_row
 
 VARIANTS = ("cfg", "pag", "asag", "node_separate", "guider", "guider_unshared")
 SCALING_VARIANTS = ("cfg", "pag", "asag", "node_separate")
@@ -44,11 +44,17 @@ def sdxl_shaped(**overrides):
 
 
 def flux_shaped():
-    import comfy.supported_models
+    """FLUX_SHAPE as a tiny Flux checkpoint through ComfyUI's detection (each host's own Flux config)."""
+    _tests_on_path()
+    import tiny_checkpoints as tc
 
-    cfg = {"image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "patch_size": 2,
-           "theta": 10000, "qkv_bias": True, **FLUX_SHAPE}
-    return patcher(comfy.supported_models.Flux(cfg))
+    shape = FLUX_SHAPE
+    hand = tc.Hand("speed model: 2 heads of 64 (detection fixes 128 per head)",
+                   overrides={k: shape[k] for k in ("axes_dim", "num_heads", "hidden_size", "context_in_dim")})
+    seed = tc.flux_seed(hidden=shape["hidden_size"], depth=shape["depth"], single=shape["depth_single_blocks"],
+                        context=shape["context_in_dim"], pooled=shape["vec_in_dim"], mlp_ratio=shape["mlp_ratio"],
+                        head_dim=shape["hidden_size"] // shape["num_heads"])
+    return tc.load_tiny(tc.seed_tensors(seed), hand=hand)
 
 
 MODELS = {

@@ -96,7 +96,7 @@ def build(host, name, attention="sdpa"):
     cls, cfg = MODELS[name][:2]
     model = patcher(getattr(comfy.supported_models, cls)(dict(cfg)))
     if attention == "sdpa":
-        key = pack_module(host, "nodes.comfy_internals").ATTENTION_OVERRIDE
+        key = pack_module(host, "nodes.comfy_contract").ATTENTION_OVERRIDE
         model.model_options["transformer_options"].update(sdpa_transformer_options(key))
     return model
 
@@ -152,13 +152,12 @@ def step_inputs(host, base, name, cfg):
 
 def counted_shares(host, base, name, cfg, blocks):
     """{block: after_share, block_share, node_after_share, prefix_modules} on one cond row."""
-    core, layers_mod = pack_module(host, "asag_core"), pack_module(host, "nodes.model_layers")
-    prefix_modules = pack_module(host, "nodes.shared_prefix").prefix_modules
+    layers_mod, resolve = pack_module(host, "nodes.model_layers"), pack_module(host, "nodes.plan").resolve
+    prefix_modules = layers_mod.prefix_modules
     dm = base.model.diffusion_model
-    catalog = layers_mod.layer_catalog(base)
     watched, prefixes = {}, {}
     for b in blocks:
-        (layer,) = core.resolve_layers(f"b{b}", catalog)
+        (layer,) = resolve(base, f"b{b}")
         watched[f"b{b}"] = layers_mod.layer_module(dm, layer)
         prefixes[b] = prefix_modules(dm, [layer])
         watched.update({f"prefix b{b} {i}": m for i, m in enumerate(prefixes[b])})

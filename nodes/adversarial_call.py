@@ -149,6 +149,8 @@ class AdversarialCall:
         flags = row_split.chunk_flags(options) or []
         if not any(flags):
             return call.run(options)
+        if all(flags) and self.plan.family.alone_options:
+            options = {**options, **dict(self.plan.family.alone_options)}
         model_call = ModelCall(self, flags)
         diffusion_model = contract.diffusion_model(call.base_model)
         with model_call.hooked(diffusion_model, options, share=self.share_prefix):

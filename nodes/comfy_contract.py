@@ -55,6 +55,9 @@ ATTN_PRECISION = "attn_precision"
 #: 0.22: the causal Wan sampler (SamplerARVideo) hands the model its KV caches here; the model then
 #: calls its blocks without transformer_options (comfy/ldm/wan/ar_model.py, forward_block)
 AR_STATE = "ar_state"
+#: 0.38 era, Qwen Image 2.1's prefix cache settings (comfy/ldm/qwen_image21/model.py 08f68f09,
+#: comfy_extras/nodes_qwen.py QwenImage21Cache): device "off" runs the model call without the cache
+QWEN_IMAGE21_CACHE, QWEN_IMAGE21_CACHE_OFF = "qwen_image21_cache", {"device": "off"}
 
 #: wrapper kinds (the values of comfy.patcher_extension.WrappersMP; comfy_bridge checks them).
 #: APPLY_MODEL wrappers run as fn(executor, x, t, c_concat, c_crossattn, control, transformer_options,

@@ -16,6 +16,10 @@ A record says, for the diffusion-model classes of one family:
 * ``prefix``: whether the blocks before the first perturbed one may run once for a conditional row
   and its adversarial copy (checked exact on that family: its blocks take batch-leading arguments);
 * ``batched_text_mask``: whether a text padding mask may ride in a batch with its adversarial copy;
+* ``batch_of_one``: the model takes one batch row per call, so the adversarial copy always gets a call
+  of its own;
+* ``alone_options``: transformer_options entries for a model call that holds adversarial rows only
+  (Qwen Image 2.1: no prefix cache, whose slot such a call would share with its conditional partner);
 
 A model is matched by its diffusion-model class; a subclass of a listed class gets its parent's
 record without prefix sharing (it may do more between blocks). A class no record lists gets
@@ -29,8 +33,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from . import comfy_contract as contract
+
 BOTH_HOSTS = ("0.3.64", "0.22.0")
 NEWER_HOST = ("0.22.0",)
+#: in no host the tests run in: read in the 0.38-era files and emulated by stand-ins (tests/test_newer_comfyui.py)
+EMULATED = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,8 @@ class Family:
     covers: str
     prefix: bool = False
     batched_text_mask: bool = False
+    batch_of_one: bool = False
+    alone_options: tuple = ()
     #: ComfyUI's image U-Net: layers are attn1 replace-patch keys, not blocks of a stack
     unet: bool = False
     #: the real hosts its tiny instance is tested in
@@ -173,6 +183,17 @@ FAMILIES = (
         "CogVideoX", "CogVideoX_T2V, CogVideoX_I2V, CogVideoX_Inpaint",
         ("comfy.ldm.cogvideo.model.CogVideoXTransformer3DModel",), (_one("double", "blocks"),), ("",), _MIDDLE,
         "the joint text+video attention of the block", prefix=True, hosts=NEWER_HOST),
+    Family(
+        "Qwen-Image 2.1", "QwenImage21", ("comfy.ldm.qwen_image21.model.QwenImage21Transformer2DModel",),
+        (_one("double", "transformer_blocks"),), ("attn",), _MIDDLE,
+        "each call of the block's block-causal attention: with its prefix cache, the target image's queries "
+        "against the cached text/reference prefix and the target; without, each segment against every key "
+        "before its end",
+        alone_options=((contract.QWEN_IMAGE21_CACHE, contract.QWEN_IMAGE21_CACHE_OFF),), hosts=EMULATED),
+    Family(
+        "MiniMax H3", "MiniMaxH3", ("comfy.ldm.minimax.model.MiniMaxH3Model",), (_one("double", "blocks"),),
+        ("attn",), _MIDDLE, "the joint attention over the packed text, reference and target audio/video sequence",
+        batch_of_one=True, hosts=EMULATED),
     Family(
         "HunyuanDiT", "HunyuanDiT, HunyuanDiT1", ("comfy.ldm.hydit.models.HunYuanDiT",),
         (_one("double", "blocks"),), ("attn1",), _MIDDLE,

@@ -17,8 +17,9 @@ nothing handed over and evaluates the adversarial copy in a model call of its ow
 info line per sampling run says so.
 
 A cond that carries a text padding mask on a family that takes such masks only in a batch of one (the
-family record's ``batched_text_mask``: Lumina 2, HunyuanVideo and families not read yet) gets its
-adversarial copy in a call of its own from the batch function: ComfyUI would batch the two.
+family record's ``batched_text_mask``: Lumina 2, HunyuanVideo and families not read yet), and every cond
+of a family whose model takes one row per call (``batch_of_one``: MiniMax H3), gets its adversarial copy
+in a call of its own from the batch function: ComfyUI would batch the two.
 
 When the chosen layers did not run in the adversarial call (a caching node such as EasyCache reused an
 earlier output), that step gets no ASAG term, with one warning per sampling run.
@@ -104,6 +105,8 @@ class ASAGStep:
         return self.plan.active_at(float(sigma.max()), contract.model_sampling(model))
 
     def _needs_own_call(self, cond) -> bool:
+        if self.plan.family.batch_of_one:
+            return True
         if self.plan.family.batched_text_mask:
             return False
         return any(contract.TEXT_MASK in entry.get(contract.MODEL_CONDS, {}) for entry in cond)

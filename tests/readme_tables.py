@@ -7,6 +7,7 @@ A section lies between ``<!-- generated: NAME (python -m tests.readme_tables) --
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 import sys
@@ -32,13 +33,59 @@ def families() -> str:
     rows = ["| family | ComfyUI models | layers | `auto` | what the plan covers | prefix once | tested on |",
             "|---|---|---|---|---|---|---|"]
     for f in (*records.FAMILIES, records.GENERIC):
-        hosts = ", ".join(f.hosts) if f.classes else "—"
+        hosts = (", ".join(f.hosts) or "emulated (0.38-era files)") if f.classes else "—"
         rows.append(f"| {f.name} | {f.models} | {_layers(f)} | {f.auto.reason} | {f.covers} | "
                     f"{'yes' if f.prefix else 'no'} | {hosts} |")
     return "\n".join(rows) + "\n"
 
 
-SECTIONS = {"families": families}
+COST_TABLE = ROOT / "docs" / "cost_table.json"
+
+
+def _px(text: str) -> str:
+    """1024x1024 -> 1024×1024 (the README's sign between sizes)."""
+    return re.sub(r"(?<=\d)x(?=\d)", "×", text)
+
+
+def _times(e, shared: bool) -> tuple:
+    """(× CFG, × cfg 1) of a layer: the ideals where the pack computes the shared blocks once (its own
+    cost differs by the input embedders, < 0.001); where it runs the whole adversarial row, that cost
+    with the ideals in parentheses."""
+    ideal = f"{e['ideal_over_cfg']:.2f}", f"{e['ideal_over_cfg1']:.2f}"
+    if shared:
+        return ideal
+    return f"{e['node_ideal_over_cfg']:.2f} ({ideal[0]})", f"{e['node_ideal_over_cfg1']:.2f} ({ideal[1]})"
+
+
+def cost() -> str:
+    """The cost table: one row per model of docs/cost_table.json (``python -m benchmarks.cost``)."""
+    table = json.loads(COST_TABLE.read_text())
+    rows = ["| model, counted at | `auto` | × CFG | × cfg 1 | + Sinkhorn | other layers: × CFG / × cfg 1 |",
+            "|---|---|---:|---:|---:|---|"]
+    unshared, hosts = [], {}
+    for m in table["models"].values():
+        shared = m["node_shares_prefix"]
+        unshared += [] if shared else [m["name"]]
+        hosts.setdefault(m["counted_on"], []).append(m["name"])
+        auto = m["layers"]["auto"]
+        cfg, cfg1 = _times(auto, shared)
+        others = " · ".join(f"`{spec}` {' / '.join(_times(e, shared))}" for spec, e in m["layers"].items()
+                            if spec != "auto" and "= auto" not in e["roles"])
+        mark = " †" if not shared else ""
+        rows.append(f"| {m['name']}, {_px(m['resolution'])}{mark} | `{auto['resolves_to']}` | {cfg} | {cfg1} | "
+                    f"{100 * auto['sinkhorn_extra_share']:.1f} % | {others} |")
+    text = "\n".join(rows) + "\n"
+    if unshared:
+        text += (f"\n† The pack does not compute the shared blocks once on {'; '.join(unshared)} yet (no prefix "
+                 "sharing in the family record): the adversarial row is a whole row at every layer, ×1.50 CFG "
+                 "and ×2.00 at cfg 1; in parentheses what sharing them would cost.\n")
+    runs = ", ".join(f"{names[0]} to {names[-1]} on ComfyUI {version}" for version, names in hosts.items())
+    text += (f"\nCounted by `python -m benchmarks.cost` under each ComfyUI (`COMFYUI_PATH`), from its own model "
+             f"classes: {runs} (docs/cost_table.json records each row's).\n")
+    return text
+
+
+SECTIONS = {"families": families, "cost": cost}
 _SECTION = re.compile(r"(<!-- generated: (\w+) \(python -m tests\.readme_tables\) -->\n)(.*?)(<!-- end: \2 -->)", re.S)
 
 

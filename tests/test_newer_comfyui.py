@@ -337,26 +337,15 @@ def test_qwen_image21_cached_path_needs_a_record_without_prefix_sharing(host):
 
 
 @pytest.mark.parametrize("cached", [True, False], ids=["cached", "uncached"])
-def test_qwen_image21_class_name_without_a_record(host, cached, sinkhorn_calls):
+def test_qwen_image21_real_class_gets_its_record(host, cached, sinkhorn_calls):
     """The real 2.1 class (comfy.ldm.qwen_image21.model.QwenImage21Transformer2DModel) is no subclass of a
-    listed class. Without a record of its own it gets the generic record, whose rule takes an attention
-    call with fewer queries than keys for cross-attention: cached, the target's call never gets the plan
-    (step 2 raises the pack's "never reached the Sinkhorn" error); uncached, only the first text
-    segment's call (3 queries against its own 3 keys) does. Once a record lists the class, its calls
-    are those of the proposed record."""
+    listed class: it has a record of its own. Without it, the generic rule would take the target's call
+    (fewer queries than keys) for cross-attention. With it, every call of the own attention gets the plan."""
     model, cache = qwen_image21(cached, cls="real name")
     record = host.internal("nodes.families").family_of(model.model.diffusion_model)
-    asag = sampling.asag_on(host, model, "fast")
-    if record.own is not None:  # a record lists the class now
-        _qwen_sample(host, asag, cache)
-        assert _calls(sinkhorn_calls) == _expected_qwen_calls(cached)
-    elif cached:
-        with pytest.raises(RuntimeError, match="never reached the Sinkhorn"):
-            _qwen_sample(host, asag, cache)
-        assert _calls(sinkhorn_calls) == [PREFIX_CALLS[0]], "step 1's fill pass, then nothing"
-    else:
-        _qwen_sample(host, asag, cache)
-        assert _calls(sinkhorn_calls) == [PREFIX_CALLS[0]] * STEPS
+    assert record.name == "Qwen-Image 2.1" and not record.prefix
+    _qwen_sample(host, sampling.asag_on(host, model, "fast"), cache)
+    assert _calls(sinkhorn_calls) == _expected_qwen_calls(cached)
 
 
 def _adversarial_calls_uncached(host, model):
@@ -404,6 +393,15 @@ def test_qwen_image21_cache_slot_shared_by_cond_and_adversarial_calls(host, sink
     assert _calls(sinkhorn_calls) == _expected_qwen_calls(False)
     assert_relative(proposal, reference, 1e-5)
 
+    # the pack's own change: the Qwen Image 2.1 record's alone_options turn the cache off for a call that
+    # holds adversarial rows only
+    named, named_cache = qwen_image21(cached=True, cls="real name")
+    sinkhorn_calls.clear()
+    by_record = _qwen_sample(host, sampling.asag_on(host, named, "separate"), named_cache, cfg=1.0)
+    assert named_cache.modes == ["fill", "uncached", "cached", "uncached"]
+    assert _calls(sinkhorn_calls) == _expected_qwen_calls(False)
+    assert_relative(by_record, reference, 1e-5)
+
 
 def _cond_only_probe(model, seen):
     """A post-CFG function (after ASAG's) that evaluates cond alone, as another guidance node's extra pass
@@ -427,13 +425,16 @@ def test_qwen_image21_cond_only_pass_reads_the_adversarial_slot(host):
     no longer predicts what cond predicts. Without ASAG, and with the cache off for calls with adversarial
     rows (the proposed change), the cond-only pass predicts the step's conditional prediction."""
     model, cache = qwen_image21(cached=True)
+    named, named_cache = qwen_image21(cached=True, cls="real name")
     drift = {}
-    for name, patched in (("plain", model), ("asag", sampling.asag_on(host, model, "separate")),
-                          ("proposal", sampling.asag_on(host, _adversarial_calls_uncached(host, model), "separate"))):
+    for name, patched, its_cache in (
+            ("plain", model, cache), ("asag", sampling.asag_on(host, model, "separate"), cache),
+            ("proposal", sampling.asag_on(host, _adversarial_calls_uncached(host, model), "separate"), cache),
+            ("record", sampling.asag_on(host, named, "separate"), named_cache)):
         seen = []
-        _qwen_sample(host, _cond_only_probe(patched, seen), cache)
+        _qwen_sample(host, _cond_only_probe(patched, seen), its_cache)
         drift[name] = max(seen)
-    assert drift["plain"] < 1e-5 and drift["proposal"] < 1e-5, drift
+    assert drift["plain"] < 1e-5 and drift["proposal"] < 1e-5 and drift["record"] < 1e-5, drift
     assert drift["asag"] > 1e-3, drift
 
 
@@ -654,13 +655,17 @@ class PackedLayout:
     """One cond's packed layout (H3's ``PackedLayout``): built per cond, compared by identity."""
 
 
-def minimax_h3():
+def minimax_h3(named=True):
     """The tiny Qwen-Image's BaseModel (a flow model on 5-D latents, one frame here) running :class:`PackedDiT`,
-    with H3's per-cond ``CONDConstant`` payload (model_base.MiniMaxH3.extra_conds)."""
+    with H3's per-cond ``CONDConstant`` payload (model_base.MiniMaxH3.extra_conds). ``named``: the diffusion
+    model's class is H3's (comfy.ldm.minimax.model.MiniMaxH3Model), which the pack's records list; else a
+    class no record lists."""
     import comfy.conds
 
     model = tiny_dits.qwen_image()
     dm = PackedDiT()
+    if named:
+        dm.__class__ = type("MiniMaxH3Model", (PackedDiT,), {"__module__": "comfy.ldm.minimax.model"})
     tiny_models._init_weights(dm, 30)
     base = model.model
     base.diffusion_model = dm
@@ -684,23 +689,30 @@ def _minimax_sample(host, model, cfg=4.0):
     return out["samples"]
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["h3-record", "unknown-class"])
 @pytest.mark.parametrize("cfg", [4.0, 1.0])
-def test_minimax_h3_batch_of_one(host, cfg, sinkhorn_calls):
+def test_minimax_h3_batch_of_one(host, cfg, named, sinkhorn_calls):
     """H3 refuses batches of more than one row. ComfyUI batches conds whose ``CONDConstant`` payloads are
     equal: cond and uncond (payloads of their own) run one row each, but the adversarial copy shares its
-    cond's payload, so the fast path batches the two and H3 raises. The separate pass (the copy in a call
-    of its own) works: the generic record reaches the packed joint attention (text + video, 23 queries and
-    keys, one row), its override has no ``container_function`` (so the newest wrap_attn hands it plain
-    tensors), only in block 1."""
-    model = minimax_h3()
+    cond's payload. The H3 record (``batch_of_one``) gives the copy a call of its own on the fast path too;
+    a class no record lists gets the batch, and H3 raises. The copy's own call works: the record (or the
+    generic rule) reaches the packed joint attention (text + video, 23 queries and keys, one row), its
+    override has no ``container_function`` (so the newest wrap_attn hands it plain tensors), only in block 1."""
+    model = minimax_h3(named)
     dm = model.model.diffusion_model
     plain = _minimax_sample(host, model, cfg)
     per_step = [1, 1] if cfg != 1.0 else [1]
     assert dm.batches == per_step * STEPS and dm.record == []
     dm.batches.clear()
-    with pytest.raises(ValueError, match="supports batch size 1"):
-        _minimax_sample(host, sampling.asag_on(host, model, "fast"), cfg)
-    assert dm.batches == [2], "cond and its adversarial copy in one call"
+    if named:
+        sinkhorn_calls.clear()
+        fast = _minimax_sample(host, sampling.asag_on(host, model, "fast"), cfg)
+        assert dm.batches == (per_step + [1]) * STEPS, "the copy in a call of its own"
+        assert _calls(sinkhorn_calls) == [(H3_TOKENS, H3_TOKENS)] * STEPS
+    else:
+        with pytest.raises(ValueError, match="supports batch size 1"):
+            _minimax_sample(host, sampling.asag_on(host, model, "fast"), cfg)
+        assert dm.batches == [2], "cond and its adversarial copy in one call"
     dm.batches.clear()
     sinkhorn_calls.clear()
     guided = _minimax_sample(host, sampling.asag_on(host, model, "separate"), cfg)
@@ -709,6 +721,8 @@ def test_minimax_h3_batch_of_one(host, cfg, sinkhorn_calls):
     assert _layers(sinkhorn_calls) == {DIT_CHOSEN} and {c.rows for c in sinkhorn_calls} == {1}
     assert dm.record and not any(dm.record), "an override with a container_function would get the containers"
     assert not torch.allclose(guided, plain, atol=1e-3), "ASAG changed nothing"
+    if named:
+        assert_relative(fast, guided, 1e-5)
 
 
 # =============================================================================================
