@@ -1,7 +1,14 @@
 """What ASAG costs per step on the models users run, counted on ComfyUI's own full-size architectures.
 
-    python -m benchmarks.cost                      # all models, writes docs/cost_table.json
+    python -m benchmarks.cost                      # the rows this ComfyUI counts, into docs/cost_table.json
     python -m benchmarks.cost --models sd15,ltxv   # a subset (prints only; --out to write)
+
+Each row is counted on one ComfyUI (``Architecture.host`` in ``benchmarks/cost_models.py``): the
+models ComfyUI 0.3.64 has on 0.3.64; the models new in 0.22 (FLUX.2, Z-Image, HunyuanVideo 1.5,
+LTX-2, Kandinsky 5), and Qwen-Image-Edit (which 0.3.64 counts the same), on 0.22. The whole table is
+two runs, one per ComfyUI (``COMFYUI_PATH=.../0.3.64/ComfyUI`` and ``.../0.22.0/ComfyUI``); each puts
+its rows into the file and keeps the other's. Every row records the ComfyUI that counted it
+(``counted_on``), ``runs`` what each run counted with (torch, python, seconds).
 
 No weights, no GPU: every diffusion model is built on the meta device (``torch.device("meta")``:
 shapes without memory) from the config ComfyUI detects for the real checkpoint
@@ -67,13 +74,23 @@ import time
 
 import torch
 
-from .cost_models import ARCHITECTURES, BY_KEY, build_on, detection_round_trip, model_inputs, sdpa_transformer_options
+from .cost_models import (
+    ARCHITECTURES,
+    BY_KEY,
+    NAMES,
+    build_on,
+    detection_round_trip,
+    has,
+    model_inputs,
+    sdpa_transformer_options,
+)
 from .flops import attention_flops, count_call, count_forward
 from .host import ROOT, pack_module, start_host
 
 DEFAULT_OUT = os.path.join(ROOT, "docs", "cost_table.json")
 META = torch.device("meta")
 DIGITS = 6
+RUN_KEYS = ("comfyui", "torch", "python", "sinkhorn_count_seconds", "seconds")
 
 
 # ---------------------------------------------------------------------------
@@ -218,15 +235,24 @@ def measure(host, arch, sinkhorn, only=None) -> dict:
               for spec, (names, prefix) in selections.items()}
     if "auto" in layers:
         layers["auto"]["resolves_to"] = spec_of(resolve("auto"), catalog)
-    return {
-        "resolution": arch.resolution, "row_tflops": _r(count.total / 1e12), "layers": layers,
-        "checkpoint": arch.checkpoint, "config_class": type(config).__name__,
-        "config_source": "comfy/model_detection.py detect_unet_config (ComfyUI 0.3.64), checked both ways",
-        "unet_config": arch.unet_config, "latent": list(arch.latent), "text": arch.text,
-        "text_tokens": conds["c_crossattn"].shape[1], "layer_catalog": catalog.describe(),
-        "node_shares_prefix": any(e["node_shares_prefix"] for e in layers.values()),
-        "notes": arch.notes, "forward_seconds": round(seconds, 1),
+    import comfyui_version
+
+    row = {
+        "name": NAMES[arch.key], "resolution": arch.resolution, "row_tflops": _r(count.total / 1e12), "layers": layers,
+        "checkpoint": arch.checkpoint, "config_class": type(config).__name__, "config_source": arch.source,
+        "unet_config": arch.unet_config, "text": arch.text, "text_tokens": conds["c_crossattn"].shape[1],
+        "latent": [list(s) for s in arch.latent] if _packed(arch) else list(arch.latent),
+        "layer_catalog": catalog.describe(),
+        "node_shares_prefix": any(e["node_shares_prefix"] for e in layers.values()), "notes": arch.notes,
+        "forward_seconds": round(seconds, 1), "counted_on": comfyui_version.__version__,
     }
+    if arch.template:
+        row["template"] = f"{arch.template} (comfyui-workflow-templates 0.11.97)"
+    return row
+
+
+def _packed(arch) -> bool:
+    return isinstance(arch.latent[0], tuple)
 
 
 # ---------------------------------------------------------------------------
@@ -250,18 +276,51 @@ def table_lines(models) -> list[str]:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.cost", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=None, help=f"comma list of {', '.join(BY_KEY)} (default: all)")
-    p.add_argument("--out", default=None, help="JSON path (default docs/cost_table.json when all models run; "
-                                               "'-' for none)")
+    p.add_argument("--models", default=None, help=f"comma list of {', '.join(BY_KEY)} (default: the rows this "
+                                                  "ComfyUI counts)")
+    p.add_argument("--out", default=None, help="JSON path (default docs/cost_table.json when --models is not "
+                                               "given; '-' for none); the rows go into the file, its other rows "
+                                               "stay")
     args = p.parse_args(argv)
-    keys = list(BY_KEY) if args.models is None else [k.strip() for k in args.models.split(",") if k.strip()]
-    bad = [k for k in keys if k not in BY_KEY]
-    if bad or not keys:
+    keys = None if args.models is None else [k.strip() for k in args.models.split(",") if k.strip()]
+    bad = [k for k in keys or () if k not in BY_KEY]
+    if bad or keys == []:
         p.error(f"--models {bad or args.models!r}: valid values are {', '.join(BY_KEY)}")
     args.keys = keys
     if args.out is None:
         args.out = DEFAULT_OUT if args.models is None else "-"
     return args
+
+
+def rows_to_count(keys, version) -> list:
+    """The architectures to count on ComfyUI ``version``: ``keys``, or every row this ComfyUI counts.
+    A row goes into the table only from the ComfyUI that counts it (``Architecture.host``)."""
+    if keys is None:
+        return [a for a in ARCHITECTURES if a.host == version]
+    archs = [BY_KEY[k] for k in keys]
+    absent = [a.key for a in archs if not has(a, version)]
+    if absent:
+        raise SystemExit(f"--models {', '.join(absent)}: ComfyUI {version} has no such model "
+                         f"(valid here: {', '.join(a.key for a in ARCHITECTURES if has(a, version))})")
+    return archs
+
+
+def merged(out, models, run) -> dict:
+    """The table at ``out`` with ``models`` put in (replacing rows of the same name) and this run's
+    record under its ComfyUI version."""
+    table = {}
+    if os.path.exists(out):
+        with open(out) as f:
+            table = json.load(f)
+    # one run's records live under "runs" now (one per ComfyUI), not at the top
+    table = {"benchmark": "cost", **{k: v for k, v in table.items() if k not in RUN_KEYS}}
+    table["models"] = {**table.get("models", {}), **models}
+    order = [a.key for a in ARCHITECTURES]
+    table["models"] = {k: table["models"][k] for k in sorted(table["models"], key=order.index)}
+    earlier = table.get("runs", {}).get(run["comfyui"], {}).get("models", [])
+    run = {**run, "models": [k for k in order if k in set(earlier) | set(run["models"])]}
+    table["runs"] = {**table.get("runs", {}), run["comfyui"]: run}
+    return table
 
 
 def main(argv=None):
@@ -271,30 +330,38 @@ def main(argv=None):
     host = start_host()
     import comfyui_version
 
+    version = comfyui_version.__version__
+    archs = rows_to_count(args.keys, version)
+    wrong = [a.key for a in archs if a.host != version]
+    if wrong and args.out != "-":
+        raise SystemExit(f"{', '.join(wrong)}: the table counts these on ComfyUI "
+                         f"{'/'.join(sorted({a.host for a in archs if a.key in wrong}))}; here they print only "
+                         "(--out -)")
     sinkhorn = SinkhornCounter(host, torch.bfloat16)
     models = {}
-    for arch in ARCHITECTURES:
-        if arch.key in args.keys:
-            models[arch.key] = measure(host, arch, sinkhorn)
-            print(f"[{arch.key}] done at {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    for arch in archs:
+        models[arch.key] = measure(host, arch, sinkhorn)
+        print(f"[{arch.key}] done at {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
     s = sinkhorn.settings
+    run = {"comfyui": version, "models": list(models), "torch": torch.__version__,
+           "python": platform.python_version(), "sinkhorn_count_seconds": round(sinkhorn.seconds, 1),
+           "seconds": round(time.perf_counter() - started, 1)}
     result = {
         "benchmark": "cost", "models": models,
         "asag_settings": {"iterations": s.iterations, "lam": s.lam, "cost": s.cost},
         "counted": "torch.utils.flop_counter.FlopCounterMode on the meta device: matmuls, convolutions, attention; "
                    "elementwise work not counted; one conditional row, batch 1, bf16",
         "attention": "ComfyUI's attention_pytorch (SDPA), routed by transformer_options' attention override",
-        "comfyui": comfyui_version.__version__, "torch": torch.__version__, "python": platform.python_version(),
-        "sinkhorn_count_seconds": round(sinkhorn.seconds, 1), "seconds": round(time.perf_counter() - started, 1),
     }
     print("\n".join(table_lines(models)), flush=True)
     if args.out != "-":
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        table = merged(args.out, models, run) | {k: v for k, v in result.items() if k != "models"}
         with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+            json.dump(table, f, indent=1)
             f.write("\n")
         print(f"wrote {os.path.relpath(args.out, ROOT)}", file=sys.stderr)
-    print(json.dumps(result, separators=(",", ":")))
+    print(json.dumps(result | {"run": run}, separators=(",", ":")))
 
 
 if __name__ == "__main__":

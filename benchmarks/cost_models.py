@@ -9,21 +9,37 @@ the same architecture. ``benchmarks.cost`` checks the config both ways: detectio
 dict of the model built from it gives the config back, the class included. LTXV: detection without
 the checkpoint's metadata (it only adds positional-embedding settings, no widths).
 
+Each architecture is counted on one ComfyUI (``host``): the models ComfyUI 0.3.64 has on 0.3.64; the
+rows added for the models new in ComfyUI 0.22 (FLUX.2, Z-Image, HunyuanVideo 1.5, LTX-2, Kandinsky 5),
+and Qwen-Image-Edit at its template's shapes, on 0.22, from that ComfyUI's own model classes. ``since``
+is the first of the two that has the architecture at all; :func:`available` asks the running ComfyUI.
+For the newer rows ``unet_config`` holds the published dimensions in ComfyUI's names (``source`` cites
+where they come from; the comment above each config says more), which the counting ComfyUI's detection
+must give back from the seed; the resolution and frame count are the official template's (``template``:
+comfyui-workflow-templates 0.11.97).
+
 Text context lengths are what ComfyUI's text encoders hand over for a prompt of up to 77 tokens
 (``comfy/text_encoders``): CLIP pads to 77; SD3's T5 pads to at least 77 and is concatenated after
 CLIP's 77; Flux's T5 pads to 256 (ComfyUI's ``min_length``; diffusers uses 512); Wan's umT5 to 512;
 LTXV's T5 to 128. HunyuanVideo (Llama 3) and Qwen-Image (Qwen2.5-VL) are not padded and the system
 template is cropped, so their length is the prompt's: 128 tokens here, a long descriptive prompt.
+The newer rows: FLUX.2's text is padded to 512 tokens (``model_base.Flux2``), LTX-2's Gemma 3 to 1024
+(``comfy/text_encoders/lt.py``); Z-Image's Qwen3 and the Qwen2.5-VL of HunyuanVideo 1.5, Kandinsky 5 and
+Qwen-Image-Edit are not padded: 128 prompt tokens, as above (Qwen-Image-Edit adds the reference image's
+vision tokens).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 
 import torch
 
 from .host import TESTS
+
+OLDEST, NEWEST = "0.3.64", "0.22.0"  # the ComfyUIs that count the table's rows
 
 _UNET = {"use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False}
 _WAN = {"image_model": "wan2.1", "patch_size": (1, 2, 2), "freq_dim": 256, "window_size": (-1, -1), "qk_norm": True,
@@ -37,13 +53,29 @@ class Architecture:
     key: str
     checkpoint: str
     unet_config: dict
-    latent: tuple  # (channels, [frames,] height, width)
+    latent: tuple  # (channels, [frames,] height, width), or several such (packed as the sampler packs them)
     resolution: str
     text: str
-    conds: dict  # extra_conds inputs: name -> shape (a tensor of zeros) or a plain value
+    conds: dict  # extra_conds inputs: name -> shape (a tensor of zeros), a list of shapes, or a plain value
     extra_layers: tuple = ()  # (layer spec, why) beyond auto / first / middle / last
     notes: list = field(default_factory=list)
+    #: where the full-size dimensions come from
+    source: str = "comfy/model_detection.py detect_unet_config (ComfyUI 0.3.64), checked both ways"
+    template: str = ""  # the official template (comfyui-workflow-templates 0.11.97) the row's shapes follow
+    host: str = OLDEST  # the ComfyUI that counts the row
+    since: str = OLDEST  # the first of the hosts whose ComfyUI has the architecture
+    metadata: dict | None = None  # the checkpoint's safetensors metadata, where detection reads it (LTX-2)
 
+
+# LTX-2's transformer config as its checkpoints' metadata carries it (LTX-2's own names, as ComfyUI reads them):
+# the sizes of diffusers' conversion config "2.0" (see the ltx2 row)
+LTX2_TRANSFORMER = {
+    "num_layers": 48, "num_attention_heads": 32, "attention_head_dim": 128, "cross_attention_dim": 4096,
+    "audio_num_attention_heads": 32, "audio_attention_head_dim": 64, "audio_cross_attention_dim": 2048,
+    "caption_channels": 3840, "connector_num_attention_heads": 30, "connector_attention_head_dim": 128,
+    "connector_num_layers": 2, "apply_gated_attention": False, "cross_attention_adaln": False,
+    "caption_proj_before_connector": False,
+}
 
 def _sdxl_size(px):
     return {"width": px, "height": px, "crop_w": 0, "crop_h": 0, "target_width": px, "target_height": px}
@@ -122,9 +154,169 @@ ARCHITECTURES = (
         (16, 33, 90, 160), "1280x720, 129 frames", "128 Llama-3 tokens",
         {"cross_attn": (1, 128, 4096), "pooled_output": (1, 768), "guidance": 6.0},
         (("double2", "STG's published HunyuanVideo block (its b2)"),)),
+    # --- the models new in ComfyUI 0.22, counted there -------------------------------------------------------
+    # FLUX.2 [dev]: black-forest-labs/flux2 src/flux2/model.py Flux2Params (commit ab7cca6, 2025-12-01):
+    # in_channels 128, context_in_dim 15360 (three Mistral-3 layers of 5120), hidden_size 6144 (48 heads of 128),
+    # depth 8, depth_single_blocks 48, mlp_ratio 3, a guidance embedding (guidance_in).
+    Architecture(
+        "flux2_dev", "flux2_dev_fp8mixed.safetensors",
+        {"image_model": "flux2", "in_channels": 128, "context_in_dim": 15360, "hidden_size": 6144, "num_heads": 48,
+         "depth": 8, "depth_single_blocks": 48, "mlp_ratio": 3.0, "guidance_embed": True},
+        (128, 64, 64), "1024x1024", "512 Mistral-3 tokens (model_base.Flux2 pads the text to 512)",
+        {"cross_attn": (1, 512, 15360)},
+        notes=["template: EmptyFlux2LatentImage 1024x1024 (128 x 64 x 64, patch 1), BasicGuider (cfg 1, the "
+               "guidance embedding in the model), 20 steps"],
+        source="black-forest-labs/flux2 src/flux2/model.py Flux2Params (commit ab7cca6)",
+        template="image_flux2_text_to_image", host=NEWEST, since=NEWEST),
+    # FLUX.2 [klein] 4B and 9B: modelscope/DiffSynth-Studio diffsynth/configs/model_configs.py (commit 000ba47),
+    # the entries for black-forest-labs/FLUX.2-klein-4B and -9B (their transformer/*.safetensors): 4B
+    # joint_attention_dim 7680 (three Qwen3-4B layers of 2560), 24 heads of 128 (3072), 5 double + 20 single
+    # blocks; 9B joint_attention_dim 12288 (three Qwen3-8B layers of 4096), 32 heads of 128 (4096), 8 double +
+    # 24 single blocks; both without a guidance embedding. FLUX.2's in_channels 128 and mlp_ratio 3 as dev's.
+    Architecture(
+        "flux2_klein_4b", "flux-2-klein-4b.safetensors (distilled) and flux-2-klein-base-4b.safetensors",
+        {"image_model": "flux2", "in_channels": 128, "context_in_dim": 7680, "hidden_size": 3072, "num_heads": 24,
+         "depth": 5, "depth_single_blocks": 20, "mlp_ratio": 3.0, "guidance_embed": False},
+        (128, 64, 64), "1024x1024", "512 Qwen3-4B tokens (ComfyUI's Klein tokenizer pads to 512)",
+        {"cross_attn": (1, 512, 7680)},
+        notes=["template: EmptyFlux2LatentImage 1024x1024; the base checkpoint with CFGGuider 5 (20 steps), the "
+               "distilled one at cfg 1 (4 steps)",
+               "the published config is the distilled checkpoint's (FLUX.2-klein-4B); the template runs the base "
+               "checkpoint through the same nodes, its config was not found"],
+        source="modelscope/DiffSynth-Studio diffsynth/configs/model_configs.py, black-forest-labs/FLUX.2-klein-4B",
+        template="image_flux2_klein_text_to_image", host=NEWEST, since=NEWEST),
+    Architecture(
+        "flux2_klein_9b", "flux-2-klein-base-9b-fp8.safetensors",
+        {"image_model": "flux2", "in_channels": 128, "context_in_dim": 12288, "hidden_size": 4096, "num_heads": 32,
+         "depth": 8, "depth_single_blocks": 24, "mlp_ratio": 3.0, "guidance_embed": False},
+        (128, 64, 64), "1024x1024", "512 Qwen3-8B tokens (ComfyUI's Klein tokenizer pads to 512)",
+        {"cross_attn": (1, 512, 12288)},
+        notes=["template: EmptyFlux2LatentImage 1024x1024, CFGGuider 5, 20 steps",
+               "the published config is the distilled checkpoint's (FLUX.2-klein-9B); the template's base "
+               "checkpoint's config was not found"],
+        source="modelscope/DiffSynth-Studio diffsynth/configs/model_configs.py, black-forest-labs/FLUX.2-klein-9B",
+        template="image_flux2_text_to_image_9b", host=NEWEST, since=NEWEST),
+    # Z-Image-Turbo: Tongyi-MAI/Z-Image-Turbo transformer/config.json
+    # (https://huggingface.co/Tongyi-MAI/Z-Image-Turbo/blob/main/transformer/config.json): dim 3840, n_layers 30,
+    # n_refiner_layers 2, n_heads 30 (of 128), cap_feat_dim 2560 (Qwen3-4B), in_channels 16, patch 2; ComfyUI's
+    # detection fixes the rest for dim 3840 (RoPE axes, the Z-Image modulation, 32-token padding).
+    Architecture(
+        "zimage_turbo", "z_image_turbo_bf16.safetensors",
+        {"image_model": "lumina2", "dim": 3840, "n_layers": 30, "n_heads": 30, "n_kv_heads": 30,
+         "cap_feat_dim": 2560, "in_channels": 16, "patch_size": 2},
+        (16, 128, 128), "1024x1024", "128 Qwen3-4B tokens", {"cross_attn": (1, 128, 2560)},
+        notes=["template: EmptySD3LatentImage 1024x1024, KSampler cfg 1, 8 steps: ASAG is the only guidance"],
+        source="https://huggingface.co/Tongyi-MAI/Z-Image-Turbo/blob/main/transformer/config.json",
+        template="image_z_image_turbo", host=NEWEST, since=NEWEST),
+    # Qwen-Image-Edit: Qwen/Qwen-Image-Edit transformer/config.json
+    # (https://huggingface.co/Qwen/Qwen-Image-Edit/blob/main/transformer/config.json): Qwen-Image's transformer,
+    # 60 layers, 24 heads of 128, joint_attention_dim 3584, in_channels 64, patch 2.
+    Architecture(
+        "qwen_image_edit", "qwen_image_edit_fp8_e4m3fn.safetensors",
+        {"image_model": "qwen_image", "in_channels": 64, "num_layers": 60},
+        (16, 1, 128, 128), "1024x1024 (+ a 1024x1024 reference)",
+        "128 prompt tokens + 1369 Qwen2.5-VL tokens of the reference image",
+        {"cross_attn": (1, 128 + 1369, 3584), "reference_latents": [(1, 16, 1, 128, 128)]},
+        notes=["template: the input image is VAE-encoded at its own size (the template's ImageScaleToTotalPixels "
+               "is not wired in); counted for a 1024x1024 input, which TextEncodeQwenImageEdit also hands the "
+               "model as its reference latent (scaled to 1024x1024 pixels) and to Qwen2.5-VL (1036x1036 after "
+               "its 28-pixel rounding: 37 x 37 = 1369 tokens); cfg 2.5 (20 steps), or cfg 1 with the Lightning LoRA",
+               "one joint attention over 1497 text + 4096 image + 4096 reference tokens"],
+        source="https://huggingface.co/Qwen/Qwen-Image-Edit/blob/main/transformer/config.json",
+        template="image_qwen_image_edit", host=NEWEST),
+    # HunyuanVideo 1.5 (720p T2V): tencent/HunyuanVideo-1.5 transformer/720p_t2v/config.json
+    # (https://huggingface.co/tencent/HunyuanVideo-1.5/tree/main/transformer/720p_t2v): hidden_size 2048,
+    # heads_num 16, mm_double_blocks_depth 54, mm_single_blocks_depth 0, in_channels 32 with concat_condition
+    # (ComfyUI concatenates 32 image + 1 mask channels: 65 in), out_channels 32, patch [1, 1, 1],
+    # text_states_dim 3584 (Qwen2.5-VL), vision_states_dim 1152, glyph_byT5_v2, no guidance embedding.
+    Architecture(
+        "hunyuan_video15", "hunyuanvideo1.5_720p_t2v_fp16.safetensors",
+        {"image_model": "hunyuan_video", "hidden_size": 2048, "num_heads": 16, "depth": 54, "depth_single_blocks": 0,
+         "in_channels": 65, "out_channels": 32, "patch_size": [1, 1, 1], "context_in_dim": 3584,
+         "vision_in_dim": 1152, "byt5": True, "guidance_embed": False},
+        (32, 31, 45, 80), "1280x720, 121 frames", "128 Qwen2.5-VL tokens (no quoted text: no byT5 tokens)",
+        {"cross_attn": (1, 128, 3584), "pooled_output": None},
+        notes=["template: EmptyHunyuanVideo15Latent 1280x720, 121 frames (32 x 31 x 45 x 80, patch 1: 111600 "
+               "tokens), CFGGuider 6, 20 steps; its 1080p super-resolution stage runs another checkpoint "
+               "(hunyuanvideo1.5_1080p_sr_distilled) at cfg 1, not counted here"],
+        source="https://huggingface.co/tencent/HunyuanVideo-1.5 transformer/720p_t2v/config.json",
+        template="video_hunyuan_video_1.5_720p_t2v", host=NEWEST, since=NEWEST),
+    # LTX-2 (19B, audio + video): huggingface/diffusers scripts/convert_ltx2_to_diffusers.py, version "2.0"
+    # (model_id Lightricks/LTX-2): 48 layers, 32 heads of 128 (4096), cross_attention_dim 4096, audio 32 heads of
+    # 64 (2048), audio cross-attention 2048, caption_channels 3840 (Gemma 3 12B), no gated attention, no
+    # cross-attention AdaLN; text connectors of 30 heads of 128, 2 layers, 128 learnable registers. One config
+    # for the dev (full) and the distilled checkpoint. A checkpoint carries it in its safetensors metadata
+    # ("config" -> "transformer"), which ComfyUI's detection reads: LTX2_METADATA below, in LTX-2's own names.
+    Architecture(
+        "ltx2", "ltx-2-19b-dev-fp8.safetensors and ltx-2-19b-distilled.safetensors (one architecture)",
+        {"image_model": "ltxav", "num_layers": 48, "attention_head_dim": 128, "cross_attention_dim": 4096,
+         "audio_num_attention_heads": 32, "audio_attention_head_dim": 64, "audio_cross_attention_dim": 2048},
+        ((128, 16, 11, 20), (8, 127, 16)), "640x360, 121 frames + audio",
+        "1024 Gemma-3 tokens (ComfyUI pads them to 1024), through the video and audio connectors",
+        {"cross_attn": (1, 1024, 2 * 3840), "frame_rate": 24},
+        (("b29", "LTX-2's own STG block (Lightricks/LTX-2 ltx-pipelines: stg_blocks=[29])"),),
+        notes=["templates video_ltx2_t2v (dev: CFGGuider 4, 20 steps) and video_ltx2_t2v_distilled (cfg 1, 8 "
+               "steps): both sample 1280x720 / 2 first (EmptyLTXVLatentVideo: 128 x 16 x 11 x 20 = 3520 video "
+               "tokens) with the audio latent of 121 frames at 24 fps (LTXVEmptyLatentAudio: 8 x 127 x 16, 127 "
+               "audio tokens), then upsample the latent x2 for 3 cfg-1 steps (the ltx2_hires row)",
+               "the block's video self-attention (3520 tokens) and audio self-attention (127 tokens) both get "
+               "the plan"],
+        source="huggingface/diffusers scripts/convert_ltx2_to_diffusers.py (version 2.0, Lightricks/LTX-2)",
+        template="video_ltx2_t2v, video_ltx2_t2v_distilled", host=NEWEST, since=NEWEST,
+        metadata={"config": {"transformer": LTX2_TRANSFORMER}}),
+    Architecture(
+        "ltx2_hires", "ltx-2-19b-dev-fp8.safetensors with the distilled LoRA, or ltx-2-19b-distilled.safetensors",
+        {"image_model": "ltxav", "num_layers": 48, "attention_head_dim": 128, "cross_attention_dim": 4096,
+         "audio_num_attention_heads": 32, "audio_attention_head_dim": 64, "audio_cross_attention_dim": 2048},
+        ((128, 16, 22, 40), (8, 127, 16)), "1280x704, 121 frames + audio",
+        "1024 Gemma-3 tokens (ComfyUI pads them to 1024), through the video and audio connectors",
+        {"cross_attn": (1, 1024, 2 * 3840), "frame_rate": 24},
+        (("b29", "LTX-2's own STG block (Lightricks/LTX-2 ltx-pipelines: stg_blocks=[29])"),),
+        notes=["the templates' second stage: the first stage's latent upsampled x2 (LTXVLatentUpsampler: 128 x "
+               "16 x 22 x 40 = 14080 video tokens) and the same audio latent, 3 steps at cfg 1"],
+        source="huggingface/diffusers scripts/convert_ltx2_to_diffusers.py (version 2.0, Lightricks/LTX-2)",
+        template="video_ltx2_t2v, video_ltx2_t2v_distilled", host=NEWEST, since=NEWEST,
+        metadata={"config": {"transformer": LTX2_TRANSFORMER}}),
+    # Kandinsky 5.0 Video Lite (T2V, sft 5s): ai-forever/Kandinsky-5 configs/config_5s_sft.yaml: model_dim 1792,
+    # ff_dim 7168, 2 text blocks, 32 visual blocks, time_dim 512, patch (1, 2, 2), axes_dims (16, 24, 24) (heads
+    # of 64), in_visual_dim 16 with visual_cond (16 image + 1 mask channels more: 33 x 4 = 132 per patch), text
+    # 3584 (Qwen2.5-VL) and 768 (CLIP-L pooled).
+    Architecture(
+        "kandinsky5", "kandinsky5lite_t2v_sft_5s.safetensors",
+        {"image_model": "kandinsky5", "model_dim": 1792, "ff_dim": 7168, "num_text_blocks": 2,
+         "num_visual_blocks": 32, "time_dim": 512, "visual_embed_dim": 132},
+        (16, 31, 64, 96), "768x512, 121 frames", "128 Qwen2.5-VL tokens + CLIP-L pooled",
+        {"cross_attn": (1, 128, 3584), "pooled_output": (1, 768)},
+        notes=["template: Kandinsky5ImageToVideo 768x512, 121 frames (16 x 31 x 64 x 96, 1x2x2 patches: 47616 "
+               "visual tokens), KSampler cfg 5, 50 steps"],
+        source="ai-forever/Kandinsky-5 configs/config_5s_sft.yaml",
+        template="video_kandinsky5_t2v", host=NEWEST, since=NEWEST),
+    # Kandinsky 5.0 Image Lite (T2I): kandinskylab/kandinsky-5 configs/config_t2i.yaml: model_dim 2560, ff_dim
+    # 10240, 2 text blocks, 50 visual blocks, time_dim 512, patch (1, 2, 2), axes_dims (32, 48, 48) (heads of
+    # 128), in_visual_dim 16 (no visual_cond: 64 per patch), text 3584 and 768.
+    Architecture(
+        "kandinsky5_image", "kandinsky5lite_t2i.safetensors",
+        {"image_model": "kandinsky5", "model_dim": 2560, "ff_dim": 10240, "num_text_blocks": 2,
+         "num_visual_blocks": 50, "time_dim": 512, "visual_embed_dim": 64},
+        (16, 128, 128), "1024x1024", "128 Qwen2.5-VL tokens + CLIP-L pooled",
+        {"cross_attn": (1, 128, 3584), "pooled_output": (1, 768)},
+        notes=["template: EmptyLatentImage 1024x1024 (the Flux latent, 16 x 128 x 128), KSampler cfg 3.5, 50 steps"],
+        source="kandinskylab/kandinsky-5 configs/config_t2i.yaml",
+        template="image_kandinsky5_t2i", host=NEWEST, since=NEWEST),
 )
 
 BY_KEY = {a.key: a for a in ARCHITECTURES}
+
+#: each row's name in the README's cost table
+NAMES = {
+    "sd15": "SD1.5", "sdxl": "SDXL", "sd35_large": "SD3.5 Large", "sd35_medium": "SD3.5 Medium", "flux_dev": "Flux dev",
+    "qwen_image": "Qwen-Image", "wan22_14b": "Wan 2.2 14B (each expert)", "wan22_5b": "Wan 2.2 5B",
+    "ltxv": "LTXV 2B 0.9.x", "hunyuan_video": "HunyuanVideo", "flux2_dev": "FLUX.2 [dev]",
+    "flux2_klein_4b": "FLUX.2 [klein] 4B", "flux2_klein_9b": "FLUX.2 [klein] 9B", "zimage_turbo": "Z-Image-Turbo",
+    "qwen_image_edit": "Qwen-Image-Edit", "hunyuan_video15": "HunyuanVideo 1.5 (720p T2V)",
+    "ltx2": "LTX-2 19B (dev, distilled), first stage", "ltx2_hires": "LTX-2 19B, second stage",
+    "kandinsky5": "Kandinsky 5 Video Lite", "kandinsky5_image": "Kandinsky 5 Image Lite",
+}
 
 
 def _layouts():
@@ -134,6 +326,50 @@ def _layouts():
     import tiny_checkpoints
 
     return tiny_checkpoints
+
+
+def _blocks(prefix, count, suffix, shape):
+    return {f"{prefix}.{i}.{suffix}": shape for i in range(count)}
+
+
+# the keys comfy/model_detection.py (ComfyUI 0.22) reads for the newer families, in the checkpoints' layout
+def _flux2_seed(hidden, context, depth, single, guidance=False, head_dim=128):
+    seed = {"img_in.weight": (hidden, 128), "txt_in.weight": (hidden, context),
+            "double_stream_modulation_img.lin.weight": (6 * hidden, hidden),
+            **_blocks("double_blocks", depth, "img_attn.norm.key_norm.scale", (head_dim,)),
+            **_blocks("single_blocks", single, "norm.key_norm.scale", (head_dim,))}
+    if guidance:
+        seed["guidance_in.in_layer.weight"] = (hidden, 256)
+    return seed
+
+
+def _zimage_seed(dim, layers, context, head_dim=128):
+    return {"cap_embedder.1.weight": (dim, context), "noise_refiner.0.attention.k_norm.weight": (head_dim,),
+            "cap_pad_token": (1, dim), "x_embedder.weight": (dim, 16 * 2 * 2),
+            **_blocks("layers", layers, "ffn_norm1.weight", (dim,))}
+
+
+def _hunyuan_video15_seed(hidden, depth, context, head_dim=128):
+    return {"txt_in.individual_token_refiner.blocks.0.norm1.weight": (hidden,),
+            "img_in.proj.weight": (hidden, 65, 1, 1, 1), "final_layer.linear.weight": (32, hidden),
+            "txt_in.input_embedder.weight": (hidden, context), "byt5_in.fc1.weight": (2048, 1472),
+            "vision_in.proj.0.weight": (1152,), "cond_type_embedding.weight": (3, hidden),
+            **_blocks("double_blocks", depth, "img_attn_qkv.weight", (3 * hidden, hidden))}
+
+
+def _ltx2_seed(config):
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    audio = config["audio_num_attention_heads"] * config["audio_attention_head_dim"]
+    return {**_layouts().ltxv_seed(dim=dim, layers=config["num_layers"], cross=config["cross_attention_dim"]),
+            "audio_adaln_single.linear.weight": (6 * audio, audio)}
+
+
+def _kandinsky5_seed(dim, ff, visual, text, time, embed, head):
+    return {"visual_transformer_blocks.0.cross_attention.key_norm.weight": (head,),
+            "visual_embeddings.in_layer.bias": (dim,), "visual_embeddings.in_layer.weight": (dim, embed),
+            "time_embeddings.in_layer.bias": (time,),
+            **_blocks("visual_transformer_blocks", visual, "feed_forward.in_layer.weight", (ff, dim)),
+            **_blocks("text_transformer_blocks", text, "feed_forward.in_layer.weight", (ff, dim))}
 
 
 _SD3_SEED = {"context": 4096, "pooled": 2048}
@@ -155,20 +391,69 @@ SEEDS = {  # the checkpoints' keys that ComfyUI's detection reads: name -> shape
     "wan22_5b": lambda: _layouts().wan_seed(in_dim=48, out_dim=48, dim=3072, ffn=14336, layers=30),
     "ltxv": lambda: _layouts().ltxv_seed(dim=2048, layers=28, cross=2048),
     "hunyuan_video": lambda: _layouts().hunyuan_video_seed(depth=20, single=40, **_BIG_FLUX),
+    "flux2_dev": lambda: _flux2_seed(hidden=6144, context=15360, depth=8, single=48, guidance=True),
+    "flux2_klein_4b": lambda: _flux2_seed(hidden=3072, context=7680, depth=5, single=20),
+    "flux2_klein_9b": lambda: _flux2_seed(hidden=4096, context=12288, depth=8, single=24),
+    "zimage_turbo": lambda: _zimage_seed(dim=3840, layers=30, context=2560),
+    "qwen_image_edit": lambda: _layouts().qwen_image_seed(hidden=3072, layers=60, context=3584),
+    "hunyuan_video15": lambda: _hunyuan_video15_seed(hidden=2048, depth=54, context=3584),
+    "ltx2": lambda: _ltx2_seed(LTX2_TRANSFORMER),
+    "ltx2_hires": lambda: _ltx2_seed(LTX2_TRANSFORMER),
+    "kandinsky5": lambda: _kandinsky5_seed(dim=1792, ff=7168, visual=32, text=2, time=512, embed=132, head=64),
+    "kandinsky5_image": lambda: _kandinsky5_seed(dim=2560, ff=10240, visual=50, text=2, time=512, embed=64,
+                                                  head=128),
 }
+
+
+def _metadata(arch: Architecture):
+    """The checkpoint's safetensors metadata as a loader hands it to detection (values as JSON text)."""
+    if arch.metadata is None:
+        return None
+    return {k: json.dumps(v) for k, v in arch.metadata.items()}
+
+
+def _detect(arch: Architecture, state_dict) -> dict:
+    import comfy.model_detection
+
+    return comfy.model_detection.detect_unet_config(state_dict, "", metadata=_metadata(arch)) or {}
+
+
+def _differs(arch: Architecture, config: dict) -> dict:
+    return {k: (config.get(k), v) for k, v in arch.unet_config.items() if config.get(k) != v}
+
+
+def seed(arch: Architecture) -> dict:
+    """The checkpoint's keys detection reads, as meta tensors."""
+    return {k: torch.empty(shape, device="meta") for k, shape in SEEDS[arch.key]().items()}
 
 
 def detected_config(arch: Architecture) -> dict:
     """The running ComfyUI's ``detect_unet_config`` on the checkpoint's seed (meta tensors); an error
-    where it differs from ``arch.unet_config`` (ComfyUI 0.3.64's detection) in a value they share."""
+    where it differs from ``arch.unet_config`` in a value they share."""
+    config = _detect(arch, seed(arch))
+    differs = _differs(arch, config)
+    if differs:
+        raise RuntimeError(f"{arch.key}: this ComfyUI detects another architecture (detected, expected): {differs}")
+    return config
+
+
+def _version_tuple(version: str) -> tuple:
+    return tuple(int(p) for p in version.split("."))
+
+
+def has(arch: Architecture, version: str) -> bool:
+    """Whether ComfyUI ``version`` has the architecture (it is ``arch.since`` or newer)."""
+    return _version_tuple(version) >= _version_tuple(arch.since)
+
+
+def available(arch: Architecture) -> bool:
+    """Whether the running ComfyUI has the architecture: its detection gives ``arch.unet_config`` back
+    from the seed and its matching finds a config class for it. A ComfyUI that predates the model
+    detects something else (FLUX.1 for a FLUX.2 seed, no reference method for Edit-2511) or nothing."""
     import comfy.model_detection
 
-    seed = {k: torch.empty(shape, device="meta") for k, shape in SEEDS[arch.key]().items()}
-    config = comfy.model_detection.detect_unet_config(seed, "") or {}
-    differs = {k: (config.get(k), v) for k, v in arch.unet_config.items() if config.get(k) != v}
-    if differs:
-        raise RuntimeError(f"{arch.key}: this ComfyUI detects another architecture (detected, 0.3.64's): {differs}")
-    return config
+    config = _detect(arch, seed(arch))
+    return not _differs(arch, config) and comfy.model_detection.model_config_from_unet_config(config) is not None
 
 
 def model_config(arch: Architecture, dtype=torch.bfloat16):
@@ -198,7 +483,7 @@ def detection_round_trip(arch: Architecture, config, model) -> list:
 
     expected = detected_config(arch)
     sd = model.diffusion_model.state_dict()
-    detected = comfy.model_detection.detect_unet_config(sd, "")
+    detected = _detect(arch, sd)
     diffs = [f"{k}: {detected.get(k)!r} != {expected.get(k)!r}"
              for k in sorted(set(detected) | set(expected)) if detected.get(k) != expected.get(k)]
     again = comfy.model_detection.model_config_from_unet_config(detected, sd)
@@ -221,13 +506,40 @@ def sdpa_transformer_options(override_key: str) -> dict:
     return {override_key: to_sdpa}
 
 
+def _zeros(value):
+    if isinstance(value, tuple):
+        return torch.zeros(value)
+    if isinstance(value, list):
+        return [torch.zeros(shape) for shape in value]
+    return value
+
+
+def _noise(arch: Architecture):
+    """(the latent of one row, extra_conds inputs it needs): several latents (LTX-2's video and audio)
+    packed into one tensor as ComfyUI's sampler packs a NestedTensor, with their shapes."""
+    if not isinstance(arch.latent[0], tuple):
+        return torch.zeros((1, *arch.latent)), {}
+    import comfy.utils
+
+    noise, shapes = comfy.utils.pack_latents([torch.zeros((1, *shape)) for shape in arch.latent])
+    return noise, {"latent_shapes": shapes}
+
+
 def model_inputs(arch: Architecture, model, device):
     """(x, sigma, conds) of one conditional row: ComfyUI's extra_conds on CPU zeros of the text
     encoders' shapes, each cond processed for a batch of 1 as calc_cond_batch does, moved to ``device``."""
     cpu = torch.device("cpu")
-    noise = torch.zeros((1, *arch.latent))
-    kwargs = {k: (torch.zeros(v) if isinstance(v, tuple) else v) for k, v in arch.conds.items()}
+    noise, packing = _noise(arch)
+    kwargs = {k: _zeros(v) for k, v in arch.conds.items()} | packing
     conds = model.extra_conds(device=cpu, noise=noise, **kwargs)
     processed = {k: c.process_cond(batch_size=1, area=None).cond for k, c in conds.items()}
-    processed = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in processed.items()}
+    processed = {k: _to(v, device) for k, v in processed.items()}
     return noise.to(device), torch.ones(1, device=device), processed
+
+
+def _to(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_to(v, device) for v in value]
+    return value

@@ -31,6 +31,10 @@ MODELS = {
     "sd15": ("auto",), "sdxl": ("auto",), "sd35_large": ("auto", "b7-b9"), "sd35_medium": ("auto", "b7-b9"),
     "flux_dev": ("auto", "single30"), "qwen_image": ("auto",), "wan22_14b": ("auto", "b2", "b9", "b10"),
     "wan22_5b": ("auto", "b2", "b9", "b10"), "ltxv": ("auto", "b14", "b19"), "hunyuan_video": ("auto", "double2"),
+    # issue 22: the models new in ComfyUI 0.22 (and Qwen-Image-Edit), counted there at their templates' shapes
+    "flux2_dev": ("auto",), "flux2_klein_4b": ("auto",), "flux2_klein_9b": ("auto",), "zimage_turbo": ("auto",),
+    "qwen_image_edit": ("auto",), "hunyuan_video15": ("auto",), "ltx2": ("auto", "b29"),
+    "ltx2_hires": ("auto", "b29"), "kandinsky5": ("auto",), "kandinsky5_image": ("auto",),
 }
 
 
@@ -111,6 +115,17 @@ def test_table_has_every_model_and_layer_in_the_schema(table):
             assert all(isinstance(e[k], float | int) for k in REQUIRED), (key, spec)
 
 
+def test_every_row_was_counted_on_its_own_comfyui(table):
+    from benchmarks.cost_models import BY_KEY, has
+
+    runs = table["runs"]
+    for key, m in table["models"].items():
+        assert m["counted_on"] == BY_KEY[key].host, key
+        assert key in runs[m["counted_on"]]["models"], key
+        assert has(BY_KEY[key], m["counted_on"]), key
+    assert sorted(k for run in runs.values() for k in run["models"]) == sorted(table["models"])
+
+
 def test_ideals_follow_from_after_share_exactly(table):
     for key, m in table["models"].items():
         first = max(e["after_share"] for e in m["layers"].values())
@@ -140,21 +155,65 @@ def test_sinkhorn_count_lies_within_its_analytic_bounds(table):
             assert sinkhorn == pytest.approx(e["sinkhorn_over_attention"] * attention, rel=1e-3, abs=2e-6)
 
 
+# the block's own attention calls of the newer rows, worked out by hand from the template's latent, the
+# patch size and the text length (never read from a run): {row: [(heads, tokens, head dim), ...]}
+SELF_ATTENTION = {
+    # FLUX.2: 1024x1024 -> 128 x 64 x 64 latent, patch 1; text padded to 512; one joint sequence
+    "flux2_dev": [(48, 512 + 64 * 64, 128)], "flux2_klein_4b": [(24, 512 + 64 * 64, 128)],
+    "flux2_klein_9b": [(32, 512 + 64 * 64, 128)],
+    # Z-Image: 16 x 128 x 128, patch 2; 128 text tokens; each part padded to a multiple of 32 (they are)
+    "zimage_turbo": [(30, 128 + 64 * 64, 128)],
+    # Qwen-Image-Edit: 128 prompt + 37 * 37 vision tokens; target and reference 128 x 128 latents, patch 2
+    "qwen_image_edit": [(24, 128 + 37 * 37 + 2 * 64 * 64, 128)],
+    # HunyuanVideo 1.5: 1280x720, 121 frames -> 31 x 45 x 80 latent, patch 1; 128 text tokens
+    "hunyuan_video15": [(16, 128 + 31 * 45 * 80, 128)],
+    # LTX-2: audio self-attention (127 latents of 121 frames at 24 fps: ceil(121 / 24 * 25)), then video
+    # (640x360 -> 11 x 20, 121 frames -> 16; the second stage 22 x 40)
+    "ltx2": [(32, 127, 64), (32, 16 * 11 * 20, 128)], "ltx2_hires": [(32, 127, 64), (32, 16 * 22 * 40, 128)],
+    # Kandinsky 5: visual tokens only (text enters by cross-attention); 1x2x2 patches
+    "kandinsky5": [(28, 31 * 32 * 48, 64)], "kandinsky5_image": [(20, 64 * 64, 128)],
+}
+
+
+def test_newer_rows_attend_over_the_tokens_their_templates_give(table):
+    for key, calls in SELF_ATTENTION.items():
+        for spec, e in table["models"][key]["layers"].items():
+            assert e["attention_shapes"] == sorted([1, h, n, n, d, d] for h, n, d in calls), (key, spec)
+            assert e["attention_calls"] == len(calls) * e["perturbed_layers"], (key, spec)
+
+
 # ---------------------------------------------------------------------------------------------
 # on ComfyUI's real architectures (meta device)
 # ---------------------------------------------------------------------------------------------
 
+def _version():
+    import comfyui_version
+
+    return comfyui_version.__version__
+
+
 @pytest.mark.host
 def test_layer_names_resolve_on_the_real_architectures(host, table):
+    """Every row this ComfyUI has builds from its seed, detection gives its config back and its layer
+    names resolve as the nodes resolve them; a row of a newer ComfyUI's model finds no such model here
+    (its config class is not in this ComfyUI: FLUX.2, Z-Image, HunyuanVideo 1.5, LTX-2, Kandinsky 5 on 0.3.64)."""
     import comfy.model_patcher
+    import comfy.supported_models
 
-    from benchmarks.cost_models import BY_KEY, build_on, detection_round_trip
+    from benchmarks.cost_models import BY_KEY, available, build_on, detection_round_trip, has
     from benchmarks.host import pack_module
 
     resolve = pack_module(host, "nodes.plan").resolve
     cpu = torch.device("cpu")
+    version = _version()
+    present = [key for key in table["models"] if has(BY_KEY[key], version)]
     for key, m in table["models"].items():
         arch = BY_KEY[key]
+        if key not in present:
+            assert not available(arch), key
+            assert not hasattr(comfy.supported_models, m["config_class"]), (version, key, m["config_class"])
+            continue
+        assert available(arch), key
         config, model = build_on(arch, torch.device("meta"))
         assert detection_round_trip(arch, config, model) == [], key
         assert type(config).__name__ == m["config_class"]
@@ -195,3 +254,27 @@ def test_full_size_flux_counted_afresh_gives_the_table(host, table):
     assert counter.get_total_flops() / 1e12 == pytest.approx(committed["row_tflops"], abs=1e-6)
     assert fresh["layers"]["double0"]["after_share"] == pytest.approx(
         1 - embedders / counter.get_total_flops(), abs=1e-6)
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("key", ["flux2_klein_4b", "qwen_image_edit"])
+def test_newer_rows_counted_afresh_give_the_table(host, table, key):
+    """FLUX.2 Klein (ComfyUI 0.22 only) and Qwen-Image-Edit (both hosts, counted on 0.22) counted afresh on
+    this ComfyUI give the committed numbers; a ComfyUI without the model has no config class for it."""
+    import comfy.supported_models
+
+    from benchmarks.cost import SinkhornCounter, measure
+    from benchmarks.cost_models import BY_KEY, available, has
+
+    arch, committed = BY_KEY[key], table["models"][key]
+    if not has(arch, _version()):
+        assert not available(arch)
+        assert not hasattr(comfy.supported_models, committed["config_class"])
+        return
+    specs = ("auto", next(s for s, e in committed["layers"].items() if "first" in e["roles"]))
+    fresh = measure(host, arch, SinkhornCounter(host, torch.bfloat16), only=set(specs))
+    assert fresh["row_tflops"] == committed["row_tflops"] and fresh["config_class"] == committed["config_class"]
+    assert fresh["text_tokens"] == committed["text_tokens"]
+    for spec in specs:
+        for k in ("after_share", "layer_attention_tflops", "sinkhorn_tflops", "attention_shapes", "node_after_share"):
+            assert fresh["layers"][spec][k] == committed["layers"][spec][k], (spec, k)
