@@ -34,8 +34,9 @@ inside lists, tuples and dataclasses; transformer_options as a copy with its per
 match) and its output is widened back, the adversarial rows copied from their partners. Between
 prefix modules the full batch flows as before (skip connections, ControlNet residuals and block
 patches see what they always saw). Rows are shared only when the adversarial and conditional rows
-the diffusion model is handed are equal (``row_split.plan_fork``), never under torch.compile, and a
-module whose arguments hold a batch-derived tensor that cannot be narrowed exactly runs unshared.
+the diffusion model is handed are equal (``row_split.plan_fork``), never under torch.compile or beside
+patches of an attention's output, which may combine a batch's chunks (``patches["attn1_output_patch"]``),
+and a module whose arguments hold a batch-derived tensor that cannot be narrowed exactly runs unshared.
 Every prefix module must be row-independent (convolutions, norms, linear layers and attention in
 eval mode are).
 """
@@ -83,11 +84,14 @@ def _sinkhorn_layout(bound: dict) -> dict:
 
 
 class AdversarialCall:
-    """One calc_cond_batch call whose conds include the adversarial copies :attr:`conds` of ``cond``."""
+    """One calc_cond_batch call of the adversarial copies of ``cond``, beside the step's ``conds`` (the fast
+    path: [cond, uncond]) or alone (the separate pass). :attr:`cond_lists` are the call's cond lists;
+    :meth:`split` takes its outputs apart."""
 
-    def __init__(self, plan, cond: list, share_prefix: bool):
+    def __init__(self, plan, cond: list, share_prefix: bool, beside: list = ()):
         self.plan = plan
-        self.conds, self.partners = row_split.adversarial_cond(cond)
+        adversarial, self.partners = row_split.adversarial_cond(cond)
+        self.cond_lists, self._slots = contract.with_adversarial_conds(list(beside), adversarial)
         self.share_prefix = share_prefix
         self._sinkhorn_calls = 0
         self._layer_runs = 0
@@ -98,6 +102,12 @@ class AdversarialCall:
 
     def __deepcopy__(self, memo):  # a deep copy of model_options (0.3.64's clone) shares the call
         return self
+
+    def split(self, outputs: list) -> tuple:
+        """(the adversarial prediction, the others' predictions), or None for the first when the chosen
+        layers never ran (a cache reused an output)."""
+        adversarial, others = outputs[0], list(outputs[1:])
+        return (adversarial if self.ran else None), others
 
     # ---- the options of the call ------------------------------------------------------------
 
@@ -119,6 +129,11 @@ class AdversarialCall:
         options[contract.TRANSFORMER_OPTIONS] = to
         if contract.TORCH_COMPILE_KWARGS in options:
             self.share_prefix = False  # hooks inside a compiled graph would force recompiles
+        if any(kind in to.get(contract.PATCHES, {}) for kind in contract.BATCH_ATTENTION_PATCHES):
+            # such a patch may treat a conditional chunk by the other chunks of its batch (NAGuidance guides
+            # the first slot-0 chunk by the slot-1 one): the adversarial copy, computed in a batch of its own
+            # on the separate pass, is then no copy of its partner's rows in the prefix
+            self.share_prefix = False
         # outermost: every other apply_model wrapper already sees slot 0 and the pack's tags
         wrapper = contract.apply_model_wrapper(self._run_model)
         options = contract.with_apply_model_wrapper(options, WRAPPER_KEY, wrapper, outermost=True)
@@ -130,7 +145,7 @@ class AdversarialCall:
         def asag_model_function_wrapper(apply_model, args):
             to = contract.model_function_options(args)
             if to is not None:
-                args = contract.with_model_function_options(args, row_split.marked(to, self.partners))
+                args = contract.with_model_function_options(args, row_split.marked(to, self.partners, self._slots))
             return inner(apply_model, args)
 
         return asag_model_function_wrapper
@@ -145,7 +160,7 @@ class AdversarialCall:
                 "the cache the conditional row reads. Use KSampler or SamplerCustomAdvanced with this model, or "
                 "remove the ASAG node."
             )
-        options = row_split.marked(call.transformer_options, self.partners)
+        options = row_split.marked(call.transformer_options, self.partners, self._slots)
         flags = row_split.chunk_flags(options) or []
         if not any(flags):
             return call.run(options)

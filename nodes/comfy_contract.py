@@ -43,6 +43,10 @@ UUIDS = "uuids"
 #: the sampling run's sigma schedule (one tensor object per run; 0.38 multi-GPU moves it per device)
 SAMPLE_SIGMAS = "sample_sigmas"
 PATCHES_REPLACE = "patches_replace"
+#: patches["attn1_output_patch"], ["attn2_output_patch"]: functions handed a whole batch's attention output,
+#: which may combine its chunks (NAGuidance's pairs the first slot-0 chunk with the slot-1 chunk)
+PATCHES = "patches"
+BATCH_ATTENTION_PATCHES = ("attn1_output_patch", "attn2_output_patch")
 #: U-Net self-attention replace patches: patches_replace["attn1"][(block, id, index)] or [(block, id)]
 ATTN1 = "attn1"
 #: every ComfyUI attention function is wrapped by wrap_attn, which calls
@@ -125,6 +129,23 @@ def batch_function_args(args: dict) -> tuple:
     """(conds, x, sigma, model, model_options) from the args sampling_function hands a CALC_COND_BATCH
     function. ``model`` is the BaseModel, ``conds`` [cond, uncond or None]."""
     return args["conds"], args["input"], args["sigma"], args["model"], args["model_options"]
+
+
+#: cond_or_uncond names each chunk by the position of its cond list in the calc_cond_batch call; sampling_function
+#: calls it with [cond, uncond], so patches read 0 as the conditional and 1 as the unconditional chunk
+COND_SLOT = 0
+
+
+def with_adversarial_conds(conds: list, adversarial: list) -> tuple[list, list]:
+    """``(cond lists, slots)`` of a calc_cond_batch call that also evaluates ``adversarial`` beside the step's
+    ``conds`` ([cond, uncond]): the adversarial list goes first, and ``slots`` gives each list the
+    cond_or_uncond value the model should see (the adversarial one :data:`COND_SLOT`, the others their place
+    among the step's conds). calc_cond_batch batches a call's chunks in the reverse order of its cond lists
+    (``to_batch_temp.reverse()``), so the adversarial chunk comes after the conditional one: a patch that takes
+    the first slot-0 chunk for the conditional one (NAGuidance's attention output patch) guides the
+    conditional chunk, as on the separate pass. Its outputs come back in the same order: the adversarial
+    prediction first."""
+    return [adversarial, *conds], [COND_SLOT, *range(len(conds))]
 
 
 def post_cfg_args(args: dict) -> tuple:

@@ -67,10 +67,11 @@ class ASAGStep:
                 out = bridge.calc_cond_batch(model, conds, x, sigma, options)
                 self._handoff.put(x, self.separate_pass(model, cond, x, sigma, options))
                 return out
-            call = AdversarialCall(self.plan, cond, share_prefix=self.share_prefix)
-            out = bridge.calc_cond_batch(model, [*conds, call.conds], x, sigma, call.model_options(options))
-            self._handoff.put(x, out[-1] if call.ran else None)
-            return out[:-1]
+            call = AdversarialCall(self.plan, cond, share_prefix=self.share_prefix, beside=conds)
+            adversarial, out = call.split(bridge.calc_cond_batch(model, call.cond_lists, x, sigma,
+                                                                 call.model_options(options)))
+            self._handoff.put(x, adversarial)
+            return out
 
         asag_calc_cond_batch.asag_step = self
         return asag_calc_cond_batch
@@ -78,8 +79,8 @@ class ASAGStep:
     def separate_pass(self, model, cond, x, sigma, options):
         """The adversarial prediction in a model call of its own; None when a cache skipped the layers."""
         call = AdversarialCall(self.plan, cond, share_prefix=False)
-        (adversarial,) = bridge.calc_cond_batch(model, [call.conds], x, sigma, call.model_options(options))
-        return adversarial if call.ran else None
+        outputs = bridge.calc_cond_batch(model, call.cond_lists, x, sigma, call.model_options(options))
+        return call.split(outputs)[0]
 
     def _make_post_cfg_function(self):
         def asag_post_cfg(args):

@@ -29,7 +29,7 @@ from . import comfy_contract as contract
 
 #: transformer_options key of the pack: per chunk, the conditional partner's uuid (adversarial) or None
 ADVERSARIAL_ROWS = "asag_adversarial_rows"
-COND_SLOT = 0
+COND_SLOT = contract.COND_SLOT
 PER_CHUNK_KEYS = (contract.COND_OR_UNCOND, contract.UUIDS, ADVERSARIAL_ROWS)
 
 _NAMESPACE = uuid_lib.UUID("6f1d2a0e-59c1-4c57-9a54-2b7f0c1e8a11")
@@ -54,9 +54,10 @@ def adversarial_cond(cond: list) -> tuple[list, dict]:
     return copies, partners
 
 
-def marked(transformer_options: dict, partners: dict) -> dict:
-    """A copy of one model call's ``transformer_options`` with its chunks tagged and the adversarial
-    ones relabelled slot 0 (the same dict if it is tagged already)."""
+def marked(transformer_options: dict, partners: dict, slots=None) -> dict:
+    """A copy of one model call's ``transformer_options`` with its chunks tagged, the adversarial ones
+    relabelled slot 0, and the others given ``slots[i]`` for cond list ``i`` (the step's own numbering, when
+    the call put the adversarial list before them); the same dict if it is tagged already."""
     if ADVERSARIAL_ROWS in transformer_options:
         return transformer_options
     out = dict(transformer_options)
@@ -64,7 +65,12 @@ def marked(transformer_options: dict, partners: dict) -> dict:
     out[ADVERSARIAL_ROWS] = flags
     order = transformer_options.get(contract.COND_OR_UNCOND)
     if order and len(order) == len(flags):
-        out[contract.COND_OR_UNCOND] = [COND_SLOT if f is not None else s for s, f in zip(order, flags, strict=True)]
+        def slot(i, adversarial):
+            if adversarial:
+                return COND_SLOT
+            return slots[i] if slots is not None and i < len(slots) else i
+
+        out[contract.COND_OR_UNCOND] = [slot(i, f is not None) for i, f in zip(order, flags, strict=True)]
     return out
 
 

@@ -159,7 +159,8 @@ def test_attn2_patches_run_in_every_pass(host, sd15, asag_only, path, sinkhorn_c
         assert len(replace_calls) == plain_replace and len(patch_calls) == plain_patch
         orders = [sorted(order) for order in replace_calls + patch_calls]
         assert all(order in ([0, 1], [0, 0, 1]) for order in orders), orders
-        assert replace_calls.count([0, 1, 0]) == STEPS, "the middle block's attn2 replace must see the adversarial row"
+        # the batch is [uncond, cond, adversarial]: the adversarial list goes first (with_adversarial_conds)
+        assert replace_calls.count([1, 0, 0]) == STEPS, "the middle block's attn2 replace must see the adversarial row"
 
 
 def _recording_attn1(calls, factor):

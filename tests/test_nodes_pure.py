@@ -26,6 +26,16 @@ def test_marked_tags_adversarial_chunks_and_relabels_them_slot_0():
     assert rows.chunk_flags(out) == [False, False, True] and rows.chunk_flags(to) is None
 
 
+def test_marked_gives_the_step_its_own_slots_when_the_adversarial_list_goes_first():
+    contract = pure("nodes.comfy_contract")
+    lists, slots = contract.with_adversarial_conds(["cond", "uncond"], "adversarial")
+    assert lists == ["adversarial", "cond", "uncond"] and slots == [0, 0, 1]
+    # calc_cond_batch batches the lists in reverse: uncond (list 2), cond (list 1), adversarial (list 0)
+    to = {"cond_or_uncond": [2, 1, 0], "uuids": ["n", "p", "p*"]}
+    assert rows.marked(to, {"p*": "p"}, slots)["cond_or_uncond"] == [1, 0, 0]
+    assert rows.marked({"cond_or_uncond": [0], "uuids": ["p*"]}, {"p*": "p"}, [0])["cond_or_uncond"] == [0]
+
+
 def test_adversarial_cond_copies_entries_with_own_stable_uuids():
     cond = [{"uuid": "a", "model_conds": {"c": 1}}, {"uuid": "b"}]
     copies, partners = rows.adversarial_cond(cond)

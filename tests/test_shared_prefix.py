@@ -166,7 +166,8 @@ def test_rows_with_different_inputs_are_not_shared(host, models):
         x = args["input"].clone()
         # the pack's own tag: every other node sees the adversarial rows as slot 0 (conditional)
         tags = args["c"]["transformer_options"]["asag_adversarial_rows"]
-        assert args["cond_or_uncond"] == [0, 1, 0] and tags[1:] == [None, None] and tags[0] is not None
+        # the batch is [uncond, cond, adversarial]: calc_cond_batch reverses [adversarial, cond, uncond]
+        assert args["cond_or_uncond"] == [1, 0, 0] and tags[:2] == [None, None] and tags[2] is not None
         per = x.shape[0] // len(tags)
         for i, partner in enumerate(tags):
             if partner is not None:
