@@ -121,8 +121,10 @@ error grows with the logits' magnitude, as float32 conditioning: at
 :math:`\lambda = 10` with :math:`|L|` up to ~660, float32 results (dense path
 included) differ from a float64 evaluation by up to ~1e-4, and SDPA's own
 float32 softmax attention of the same logits does the same. On the kernel path
-with bf16 inputs the error is that of the final bf16 rounding of the output
-(about SDPA's in bf16); a potential rounded to bf16 alone would add ~10x more.
+with bf16 inputs the error is about that of the final bf16 rounding of the output
+(SDPA's in bf16); potentials rounded to bf16 alone, without the three-part split,
+would err about as much at :math:`\lambda = 1`, 2x more at :math:`\lambda = 3`
+and 10-15x more at :math:`\lambda = 10` (``tests/test_sinkhorn_kernel.py``).
 
 Edges: :math:`N_q = 0` gives an empty output and :math:`N_k = 0` zeros, as SDPA.
 

@@ -148,8 +148,8 @@ def mask_rows(q, k, mask) -> int:
     """Query rows per kernel call for a mask with a query axis: blocks of at most :data:`BIAS_BYTES`."""
     if mask is None:
         return q.shape[2]
-    heads = mask.shape[1] if mask.shape[1] > 1 else 1
-    return max(1, BIAS_BYTES // max(1, q.shape[0] * heads * max(q.shape[2], k.shape[2]) * q.element_size()))
+    # a bias block is (B, H of the mask (1 if broadcast), rows, the longer token axis)
+    return max(1, BIAS_BYTES // max(1, q.shape[0] * mask.shape[1] * max(q.shape[2], k.shape[2]) * q.element_size()))
 
 
 def kernel_name(dtype, row_mask: bool) -> str:
@@ -184,11 +184,16 @@ class _Buffers:
         elif multiplier == 0:
             self.kb[..., :d].mul_(0)  # 0 * k: the uniform plan (NaN in k stays NaN, as on every path)
 
-    def set(self, buf, potential):
-        """The extra columns of ``buf``: u (potential None) or the three parts of potential / (scale u)."""
+    def queries(self, buf):
+        """``buf`` as the queries of a pass: its extra columns u."""
+        buf[..., self.d : self.d + EXTRA].fill_(self.u)
+
+    def keys(self, buf, potential):
+        """``buf`` as the keys of a pass: its extra columns the three parts of potential / (scale u), or 0
+        (potential None)."""
         extra = buf[..., self.d : self.d + EXTRA]
         if potential is None:
-            extra.fill_(self.u)
+            extra.zero_()
             return
         for i, part in enumerate(_split(potential / (self.scale * self.u), self.dtype, self.parts)):
             extra[..., i] = part
@@ -278,14 +283,14 @@ class KernelBackend(solver.Backend):
 
     def row_lse(self, g):
         buf = self.buf
-        buf.set(buf.qb, None)
-        buf.set(buf.kb, self._key_side(g))
+        buf.queries(buf.qb)
+        buf.keys(buf.kb, self._key_side(g))
         return self._pass(buf.qb, buf.kb, buf.kb, False)[0]
 
     def column_lse(self, f):
         buf = self.buf
-        buf.set(buf.kb, None)
-        buf.set(buf.qb, f)
+        buf.queries(buf.kb)
+        buf.keys(buf.qb, f)
         lse = self._pass(buf.kb, buf.qb, buf.qb, True)[0]
         if self.key_bias is not None:  # a finite key bias shifts its column's lse (it cancels in the row passes)
             lse = lse + self.key_bias[..., 0, :]
@@ -294,8 +299,8 @@ class KernelBackend(solver.Backend):
     def output(self, g):
         """``P V`` (B, H, Nq, Dv) in the input dtype; rows without an admissible key are left to the caller."""
         buf = self.buf
-        buf.set(buf.qb, None)
-        buf.set(buf.kb, self._key_side(g))
+        buf.queries(buf.qb)
+        buf.keys(buf.kb, self._key_side(g))
         values = _heads_buffer(self.v, self.heads, buf.dp)
         return self._pass(buf.qb, buf.kb, values, False, want_out=True)[1][..., : self.v.shape[-1]]
 

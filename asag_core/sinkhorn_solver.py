@@ -28,7 +28,7 @@ blocked CPU backend does (one row softmax per block gives both updates,
 
 Empty lines, once for every backend. A row (column) whose pairs are all masked has no admissible
 plan mass. Its log-sum-exp is :math:`-\infty` where the backend computes it exactly, or whatever
-value a fused kernel returns for it (PyTorch's returns 0 or garbage); :func:`line_potential` sets
+finite value a fused kernel returns for it (PyTorch's CPU flash kernel returns 0); :func:`line_potential` sets
 its potential to 0: every pair of that line is :math:`-\infty` in both updates and in the output,
 so any finite value gives the same plan, and 0 is the definition's choice. A backend whose
 log-sum-exp of an empty line is not exactly :math:`-\infty` says which lines are admissible

@@ -446,6 +446,16 @@ def test_wrong_layout_errors_name_the_tensor_the_layout_and_what_it_got(bad):
     assert str(err.value) == f"{bad} must be a (batch, heads, tokens, dim) tensor, got {list}"
 
 
+def test_flat_inner_sizes_that_are_no_whole_number_of_heads_name_the_tensor():
+    q, k, v = (_tokens(t) for t in _qkv(1, 2, 6, 5, 4))  # inner dim 8, 2 heads of 4
+    with pytest.raises(ValueError) as err:
+        adversarial_attention(q, k[..., :7], v[..., :7], 2)
+    assert str(err.value) == "the last dim 7 of q/k/v is not divisible by heads=2"
+    with pytest.raises(ValueError) as err:
+        adversarial_attention(q[..., :7], k, v, 2)
+    assert str(err.value) == "the last dim 7 of q/k/v is not divisible by heads=2"
+
+
 def test_defaults_are_two_iterations_lam_one_adversarial():
     q, k, v = _qkv(1, 2, 6, 5, 4, seed=36)
     explicit = dict(iterations=2, lam=1.0, cost="adversarial")

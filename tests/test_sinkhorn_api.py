@@ -117,6 +117,23 @@ def test_fewer_kv_heads_without_enable_gqa_is_an_error_that_says_so():
         sinkhorn_plan(q, k)
 
 
+@pytest.mark.parametrize("kshape,hint", [
+    ((2, 1, 7, 8), True),  # one kv head for six query heads: groupable
+    ((2, 3, 7, 8), True),
+    ((2, 4, 7, 8), False),  # 6 heads are no whole number of groups of 4
+    ((2, 12, 7, 8), False),  # more kv heads than query heads
+    ((1, 2, 7, 8), False),  # another batch
+    ((2, 2, 7, 4), False),  # another head dim
+])
+def test_the_enable_gqa_hint_only_where_grouping_would_work(kshape, hint):
+    q = _randn(2, 6, 9, 8)
+    k = _randn(*kshape, seed=1)
+    with pytest.raises(ValueError) as err:
+        _attn(q, k, k)
+    assert str(err.value).endswith(" (k with fewer heads than q needs enable_gqa=True)") == hint
+    assert str(err.value).startswith(f"q and k must agree in batch, heads and head dim: q (2, 6, 9, 8) vs k {kshape}")
+
+
 def test_gqa_errors_name_what_is_wrong():
     q, k, v = _gqa_qkv(hq=6, hkv=4)
     with pytest.raises(ValueError) as err:
