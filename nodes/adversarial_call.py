@@ -166,7 +166,7 @@ class AdversarialCall:
             return call.run(options)
         if all(flags) and self.plan.family.alone_options:
             options = {**options, **dict(self.plan.family.alone_options)}
-        model_call = ModelCall(self, flags)
+        model_call = ModelCall(self, flags, batch=call.x.shape[0])
         diffusion_model = contract.diffusion_model(call.base_model)
         with model_call.hooked(diffusion_model, options, share=self.share_prefix):
             return call.run(options)
@@ -271,9 +271,10 @@ class ModelCall:
     """One model call of an :class:`AdversarialCall` with adversarial rows: its chunk flags, the chosen
     DiT blocks and attention modules open now, and its prefix hooks."""
 
-    def __init__(self, owner: AdversarialCall, flags: list):
+    def __init__(self, owner: AdversarialCall, flags: list, batch: int = 0):
         self.owner = owner
         self.flags = flags
+        self.batch = batch
         #: (layer, role, token tensors) of the modules open inside chosen blocks, innermost last; role
         #: "block", "own" (an own attention module) or "inner" (the generic rule: any module with children)
         self.frames = []
@@ -356,8 +357,7 @@ class ModelCall:
 
         def decide(_module, args, kwargs):  # on the inputs the diffusion model is really handed
             if self._ours() and self._fork is None:
-                batch = args[0].shape[0] if args else next(iter(kwargs.values())).shape[0]
-                self._fork = row_split.plan_fork(batch, options, (args, kwargs)) or False
+                self._fork = row_split.plan_fork(self.batch, options, (args, kwargs)) or False
                 if self._fork:
                     self.owner._count(shared=1)
 

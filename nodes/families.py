@@ -157,6 +157,7 @@ FAMILIES = (
         "the block's self-attention; text cross-attention left alone"),
     Family(
         "Lumina 2, Z-Image", "Lumina2, ZImage, ZImagePixelSpace", ("comfy.ldm.lumina.model.NextDiT",),
+        # no prefix sharing: 0.3.64's NextDiT hands its layers per-sample rotary tables that do not narrow by rows
         (_one("double", "layers"),), ("attention",), _MIDDLE, "the joint text+image attention of the layer"),
     Family(
         "Kandinsky 5 (video, image)", "Kandinsky5, Kandinsky5Image", ("comfy.ldm.kandinsky5.model.Kandinsky5",),

@@ -193,12 +193,17 @@ class Fork:
         self.narrowed_lists = narrowed_lists
         self.shared_rows = batch - len(keep)
 
+    #: a leading dim of 2 to this many batches is read as batch rows stacked (Qwen-Image-Edit-2511's
+    #: [t, t = 0] modulation rows); more is a table of tokens (CogVideoX's rotary table), hundreds of rows
+    STACKED_BATCHES = 4
+
     def narrowable(self, obj) -> bool:
-        """Whether every tensor in ``obj`` is batch-leading or batch-independent (leading dim 1, or one
-        that is no multiple of the batch). A leading dim of several batches (FLUX.1 handed FLUX.2's
-        timestep-zero modulation, (2B, D)) cannot be narrowed exactly: that module runs unshared."""
+        """Whether every tensor in ``obj`` is batch-leading or batch-independent. A leading dim of a few
+        batches (rows stacked per batch row) cannot be narrowed exactly: that module runs unshared."""
         if isinstance(obj, torch.Tensor):
-            return obj.ndim == 0 or obj.shape[0] in (1, self.batch) or obj.shape[0] % self.batch != 0
+            if obj.ndim == 0 or obj.shape[0] in (1, self.batch) or obj.shape[0] % self.batch:
+                return True
+            return obj.shape[0] // self.batch > self.STACKED_BATCHES
         if isinstance(obj, dict):
             return all(self.narrowable(v) for k, v in obj.items() if k != contract.TRANSFORMER_OPTIONS)
         if isinstance(obj, (list, tuple)):

@@ -240,10 +240,8 @@ def _denoise_once(host, guider, name):
 
 
 #: (family, cfg) whose record shares the prefix but whose call cannot be narrowed exactly, so the pack runs
-#: it unshared: Edit-2511's blocks get a modulation of 2 x batch rows ([t rows, t=0 rows]); CogVideoX's
-#: rotary table has one row per token, and at cfg 1 (a batch of 2) its 32 rows read as a multiple of the batch
-UNSHARED = {("qwen_image_edit_2511", CFG), ("qwen_image_edit_2511", 1.0), ("cogvideox_t2v", 1.0),
-            ("cogvideox_i2v", 1.0)}
+#: it unshared: Edit-2511's blocks get a modulation of 2 x batch rows ([t rows, t=0 rows])
+UNSHARED = {("qwen_image_edit_2511", CFG), ("qwen_image_edit_2511", 1.0)}
 
 
 @pytest.mark.parametrize("cfg", [CFG, 1.0])

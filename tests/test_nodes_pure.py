@@ -130,6 +130,7 @@ def test_a_multiple_of_the_batch_cannot_be_narrowed_exactly():
     fork, to = _fork()
     assert fork.narrowable((torch.zeros(6, 3), torch.zeros(1, 3), torch.zeros(4, 3), {"t": torch.zeros(6)}))
     assert not fork.narrowable((torch.zeros(6, 3), Modulation(torch.zeros(12, 3), torch.zeros(6, 3))))
+    assert not fork.narrowable(torch.zeros(24, 3)) and fork.narrowable(torch.zeros(30, 3)), "4 batches stack, 5 don't"
     assert fork.narrowable({"transformer_options": {"x": torch.zeros(12)}}), "transformer_options are the pack's"
 
 
