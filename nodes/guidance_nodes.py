@@ -54,12 +54,13 @@ class ASAG(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ASAG",
-            display_name="Adversarial Sinkhorn Attention Guidance",
+            display_name="ASAG Sinkhorn Guidance",
             category=CATEGORY,
             description=(
-                "Adversarial Sinkhorn Attention Guidance (arXiv 2511.07499). Each step, one extra model pass "
-                "replaces self-attention in the default layers with the entropic optimal-transport plan for the "
-                "adversarial cost QKᵀ/√d; the sample is pushed away from that degraded prediction. "
+                "Adversarial Sinkhorn Attention Guidance (arXiv 2511.07499). Each step, an adversarial copy of the "
+                "prompt's prediction (one more batch row in CFG's model call) replaces self-attention in the "
+                "default layers with the entropic optimal-transport plan for the adversarial cost QKᵀ/√d; the "
+                "sample is pushed away from that degraded prediction. "
                 "Works with KSampler, KSamplerAdvanced, SamplerCustom and SamplerCustomAdvanced, at any CFG "
                 "(also cfg 1 and distilled models such as Flux)."
             ),
@@ -81,7 +82,7 @@ class ASAGAdvanced(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ASAGAdvanced",
-            display_name="Adversarial Sinkhorn Attention Guidance (Advanced)",
+            display_name="ASAG Sinkhorn (Advanced)",
             category=CATEGORY,
             description=(
                 "ASAG with every knob: Sinkhorn iterations, λ, the cost (adversarial, or the paper's "
