@@ -95,8 +95,6 @@ class AdversarialCall:
         self.share_prefix = share_prefix
         self._sinkhorn_calls = 0
         self._layer_runs = 0
-        #: model calls of this call in which the prefix was shared (tests and benchmarks read it)
-        self.shared_calls = 0
         self._lock = threading.Lock()
         self._outer_override = None
 
@@ -171,11 +169,10 @@ class AdversarialCall:
         with model_call.hooked(diffusion_model, options, share=self.share_prefix):
             return call.run(options)
 
-    def _count(self, sinkhorn=0, layers=0, shared=0):
+    def _count(self, sinkhorn=0, layers=0):
         with self._lock:
             self._sinkhorn_calls += sinkhorn
             self._layer_runs += layers
-            self.shared_calls += shared
 
     @property
     def sinkhorn_calls(self) -> int:
@@ -358,8 +355,6 @@ class ModelCall:
         def decide(_module, args, kwargs):  # on the inputs the diffusion model is really handed
             if self._ours() and self._fork is None:
                 self._fork = row_split.plan_fork(self.batch, options, (args, kwargs)) or False
-                if self._fork:
-                    self.owner._count(shared=1)
 
         handles = [model.register_forward_pre_hook(decide, with_kwargs=True)]
         for module in modules:

@@ -1,5 +1,5 @@
-"""README sections generated from the code: ``python -m tests.readme_tables`` rewrites them in place,
-``tests/test_readme_tables.py`` checks generated == committed.
+"""Doc sections generated from the code: ``python -m tests.readme_tables`` rewrites them in place in
+README.md and docs/workflows.md, ``tests/test_readme_tables.py`` checks generated == committed.
 
 A section lies between ``<!-- generated: NAME (python -m tests.readme_tables) -->`` and
 ``<!-- end: NAME -->``; NAME is a function of this module that returns the section's text.
@@ -14,6 +14,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCUMENTS = (README, ROOT / "docs" / "workflows.md")
 sys.path.insert(0, str(ROOT / "tests"))
 
 from pack_modules import pure  # noqa: E402
@@ -85,7 +86,36 @@ def cost() -> str:
     return text
 
 
-SECTIONS = {"families": families, "cost": cost}
+WORKFLOWS_INTRO = """\
+`workflows/` holds ready graphs; ComfyUI lists them under **Templates → Extensions → comfyui-asag**, or
+drag a JSON file onto the canvas. Each workflow made from a template is ComfyUI's own template
+(comfyui-workflow-templates 0.11.97) with ASAG inserted where it guides every sampler the template runs
+(both Wan experts, both stages of LTX-2.3 and HunyuanVideo 1.5), and nothing else changed: settings, files,
+prompts and default modes are the template's (the tests compare each with the template installed from the
+registry). A MarkdownNote in each names the template, the minimum ComfyUI, the ASAG settings and the cost,
+with links to every model file; the files and their folders are listed in
+[docs/workflows.md](docs/workflows.md). The four SD1.5 workflows follow no template: each Note says why.
+
+![wan22_14b_t2v_asag.json as it opens from the template browser of frontend 1.58.1](docs/screenshot_wan22_14b_t2v_asag.png)
+
+"""
+
+
+def workflows() -> str:
+    """README's workflow table (tests/workflow_readme.py reads every workflow)."""
+    import workflow_readme
+
+    return WORKFLOWS_INTRO + workflow_readme.workflow_table() + "\n"
+
+
+def workflow_models() -> str:
+    """docs/workflows.md's model-file table."""
+    import workflow_readme
+
+    return workflow_readme.model_table() + "\n"
+
+
+SECTIONS = {"families": families, "cost": cost, "workflows": workflows, "workflow_models": workflow_models}
 _SECTION = re.compile(r"(<!-- generated: (\w+) \(python -m tests\.readme_tables\) -->\n)(.*?)(<!-- end: \2 -->)", re.S)
 
 
@@ -99,5 +129,6 @@ def sections(text: str) -> list:
 
 
 if __name__ == "__main__":
-    README.write_text(render(README.read_text()))
-    print(f"rewrote {', '.join(sections(README.read_text()))} in {README}")
+    for document in DOCUMENTS:
+        document.write_text(render(document.read_text()))
+        print(f"rewrote {', '.join(sections(document.read_text()))} in {document.relative_to(ROOT)}")
