@@ -370,6 +370,34 @@ def test_fully_masked_columns_are_ignored(path):
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("path", list(PATHS))
+def test_a_key_padding_mask_that_masks_every_key_of_one_element(path):
+    # (B, 1, 1, Nk) with no key left for batch element 0: its output is 0, element 1's is unmasked attention
+    q, k, v = _qkv(2, 2, 7, 6, 4, seed=24)
+    keypad = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    keypad[0] = False
+    for it in (0, 2):
+        out = _attn(q, k, v, iterations=it, mask=keypad, **PATHS[path])
+        assert (out[0] == 0).all()
+        torch.testing.assert_close(out[1:], _attn(q[1:], k[1:], v[1:], iterations=it, path="dense"), atol=1e-5,
+                                   rtol=1e-5)
+
+
+def test_attention_path_validates_and_reads_layouts_like_the_call():
+    q, k, v = _qkv(1, 6, 9, 7, 8)
+    kv = _qkv(1, 2, 9, 7, 8)[1:]
+    flat = dict(q=_tokens(q), k=_tokens(kv[0]), v=_tokens(kv[1]))
+    assert attention_path(flat["q"], flat["k"], flat["v"], 6, enable_gqa=True) == "dense"  # flat, grouped kv heads
+    assert attention_path(flat["q"], flat["k"], flat["v"], 6, enable_gqa=True, chunk_size=2) == "blocked"
+    for bad in (dict(chunk_size=0), dict(scale=math.nan), dict(mask=torch.ones(3, 3, dtype=torch.bool)),
+                dict(iterations=-1), dict(lam=-1.0), dict(cost="l2"), dict(enable_gqa=False)):
+        with pytest.raises(ValueError) as by_path:
+            attention_path(flat["q"], flat["k"], flat["v"], 6, **{"enable_gqa": True, **bad})
+        with pytest.raises(ValueError) as by_call:
+            adversarial_attention(flat["q"], flat["k"], flat["v"], 6, **{"enable_gqa": True, **bad})
+        assert str(by_path.value) == str(by_call.value)
+
+
 def test_fully_masked_everything_is_zero():
     q, k, v = _qkv(1, 2, 5, 4, 4, seed=23)
     mask = torch.zeros(5, 4, dtype=torch.bool)

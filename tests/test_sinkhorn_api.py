@@ -96,6 +96,13 @@ def test_gqa_with_iterations_is_the_call_with_repeated_kv_heads(path):
     torch.testing.assert_close(plan, sinkhorn_plan(q, k_rep, iterations=2, scale=0.2), atol=0, rtol=0)
 
 
+def test_sinkhorn_plan_scale_acts_like_the_same_factor_in_lam():
+    q, k, _ = _gqa_qkv(hkv=6, seed=13)
+    for it in (0, 2):
+        torch.testing.assert_close(sinkhorn_plan(q, k, iterations=it, scale=0.7),
+                                   sinkhorn_plan(q, k, iterations=it, lam=0.7 * math.sqrt(8)), atol=1e-6, rtol=1e-6)
+
+
 def test_gqa_with_a_different_value_head_dim():
     q, k, _ = _gqa_qkv(hq=4, hkv=2, seed=11)
     v = _randn(2, 2, 7, 5, seed=12)

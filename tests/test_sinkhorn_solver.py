@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+import asag_core.sinkhorn as sk
 import asag_core.sinkhorn_blocked as blocked
 import asag_core.sinkhorn_kernel as kernel
 import asag_core.sinkhorn_solver as solver
@@ -139,3 +140,19 @@ def test_the_solver_loop_is_the_iteration_from_zero():
         torch.testing.assert_close(solver.solve(dense, it), dense.output(g), atol=0, rtol=0)
     zero = torch.zeros(B, H, 1, NK)
     torch.testing.assert_close(dense.step(None), dense.step(zero), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 123.0])
+def test_the_kernels_value_for_an_empty_line_does_not_matter(value):
+    # a kernel may return anything as the log-sum-exp of a line whose pairs are all masked (PyTorch's CPU
+    # flash kernel returns 0): the kernel backend's row_ok / col_ok make the solver set that potential to 0
+    def call(q, k, v, bias, scale):
+        out, lse = kernel.cpu_kernel(q, k, v, bias, scale)[:2]
+        if bias is not None:
+            lse = lse.masked_fill((bias == -math.inf).all(-1), value)
+        return out, lse
+
+    m = _masks()["query-axis bool"]
+    q, k, v, multiplier, bias, dense = _problem(m)
+    out = sk.attention_heads(q, k, v, multiplier, m, 2, "kernel", 16, kernels={"flash": call, "efficient": call})
+    torch.testing.assert_close(out, sk.attention_heads(q, k, v, multiplier, m, 2, "dense"), atol=1e-5, rtol=1e-5)
