@@ -84,3 +84,48 @@ def test_every_query_group_of_the_guide_attention_gets_the_plan(host, ltxv, stre
     assert_relative(out["fast"], out["separate"], 1e-5)
     (plain,) = host.nodes.KSampler().sample(ltxv, 1, STEPS, 3.0, "euler", "simple", pos, neg, latent)
     assert (out["fast"] - plain["samples"]).abs().max() > 1e-3, "ASAG changed nothing"
+
+
+# ---------------------------------------------------------------------------------------------
+# LTX-2 (LTXAV, ComfyUI 0.22): the same guide masks on the video self-attention; audio untouched
+# ---------------------------------------------------------------------------------------------
+
+def _has_ltx2():
+    import comfy.supported_models
+
+    return hasattr(comfy.supported_models, "LTXAV")
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.0, 2.0], ids=["strength-0.5", "strength-1", "strength-2"])
+def test_ltx2_video_guide_groups_get_the_plan_and_audio_its_own(host, strength, sinkhorn_calls):
+    """LTXVAddGuide on LTX-2's video latent, then LTXVConcatAVLatent with the audio latent: the video
+    self-attention (``attn1``) splits into the noisy and the guide query groups as on LTXV, each with its
+    plan; the audio self-attention (``audio_attn1``) gets one plan over the audio tokens."""
+    if not _has_ltx2():
+        import comfy.model_base
+
+        assert not hasattr(comfy.model_base, "LTXAV"), "a host without LTX-2's config has no LTX-2 model either"
+        return
+    import tiny_families as tf
+    from comfy_extras.nodes_lt import EmptyLTXVLatentVideo, LTXVAddGuide, LTXVConcatAVLatent
+
+    model = tf.build("ltxav")
+    pos, neg = tf.conditioning("ltxav")
+    (empty,) = EmptyLTXVLatentVideo.execute(128, 128, 9, 1).result
+    pos, neg, video = LTXVAddGuide.execute(pos, neg, tiny_dits.ltxv_vae(), empty, tiny_dits.video_frames(1, 128, 128),
+                                           0, strength).result
+    audio_shape = tf.LTXAV_AUDIO
+    (latent,) = LTXVConcatAVLatent.execute(video, {"samples": torch.zeros(1, *audio_shape)}).result
+    layer = host.internal("nodes.plan").resolve(model, "auto")[0].patch_key
+    out = {}
+    for path in sampling.PATHS:
+        sinkhorn_calls.clear()
+        (samples,) = host.nodes.KSampler().sample(sampling.asag_on(host, model, path), 1, STEPS, 3.0, "euler",
+                                                  "simple", pos, neg, latent)
+        out[path] = samples["samples"].unbind()[0]
+        assert {call.layer.patch_key for call in sinkhorn_calls} == {layer}
+        video_calls = [(NOISY, NOISY + GUIDE), (GUIDE, NOISY + GUIDE)] if strength != 1.0 else \
+            [(NOISY + GUIDE, NOISY + GUIDE)]
+        audio_call = (audio_shape[1], audio_shape[1])
+        assert sorted((c.tokens, c.keys) for c in sinkhorn_calls) == sorted((video_calls + [audio_call]) * STEPS), path
+    assert_relative(out["fast"], out["separate"], 1e-5)
