@@ -82,18 +82,10 @@ BLOCK_ELEMENTS = 1 << 20
 #: 20 against 53 MiB at 1024 x 24 x 128, 24 against 50 MiB at 4608 x 4 x 128, float32, 1 thread).
 CACHE_BYTES = 8 << 20
 
-try:  # PyTorch's row softmax into a given buffer (in place where the buffer is the input)
-    _SOFTMAX_OUT = torch.ops.aten._softmax.out
-except (AttributeError, RuntimeError):  # pragma: no cover - an ATen without it
-    _SOFTMAX_OUT = None
-
-
 def _softmax(x, out):
-    """``softmax(x, -1)`` written into ``out`` (which may be ``x``). The ATen kernel writes ``out`` as if
-    it were contiguous, so it gets only contiguous ones."""
-    if _SOFTMAX_OUT is not None and out.is_contiguous():
-        return _SOFTMAX_OUT(x, -1, False, out=out)
-    return out.copy_(torch.softmax(x, dim=-1))
+    """``softmax(x, -1)`` written into ``out`` (which may be ``x``) by PyTorch's fused row softmax. The ATen
+    kernel writes ``out`` as if it were contiguous: every block buffer here is a contiguous view."""
+    return torch.ops.aten._softmax.out(x, -1, False, out=out)
 
 
 def underflow(dtype) -> float:
@@ -120,11 +112,10 @@ def geometry(heads: int, nq: int, nk: int, rows: int, itemsize: int, budget: int
     return rows, group, min(nq, cached)
 
 
-def _at(x, bi, hs, rs=None):
-    """Block of a broadcastable (B|1, H|1, Nq|1, ·) tensor; broadcast axes stay 1."""
+def _at(x, bi, hs):
+    """Batch element ``bi``, heads ``hs`` of a broadcastable (B|1, H|1, Nq|1, ·) tensor; broadcast axes stay 1."""
     x = x[bi if x.shape[0] > 1 else 0]
-    x = x[hs] if x.shape[0] > 1 else x
-    return x if rs is None or x.shape[1] == 1 else x[:, rs]
+    return x[hs] if x.shape[0] > 1 else x
 
 
 class BlockedBackend(solver.Backend):
