@@ -18,7 +18,9 @@ Regenerate every thumbnail (starts ComfyUI and Chromium, about a minute)::
     python -m tests.thumbnails
 
 ``ASAG_UPDATE_THUMBNAILS=1 python -m pytest tests/test_e2e_browser.py`` does the same inside the
-browser tests, which otherwise write the thumbnails to test-artifacts/e2e/thumbnails/ only.
+browser tests, which otherwise write the thumbnails to test-artifacts/e2e/thumbnails/ only. Both draw
+with the newest frontend where the host serves it (0.22: 1.58.1, ASAG_NEWEST_FRONTEND_DIR), so run
+them with the newest host: the workflows it alone can run show red missing nodes on older ones.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ if ROOT not in sys.path:
 
 from tests import e2e_harness as h  # noqa: E402
 from tests import workflow_checks as wc  # noqa: E402
+from tests import workflow_templates as wt  # noqa: E402
 
 WIDTH = 800
 QUALITY = 80
@@ -96,9 +99,13 @@ def _window_for(pg) -> dict:
 
 
 def caption(wf) -> str:
-    """The first line of the workflow's Note, up to its first colon: what the workflow is."""
-    notes = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] in wc.NOTE_TYPES]
-    return notes[0].split("\n", 1)[0].split(":", 1)[0].strip().rstrip(".") if notes else ""
+    """The first line of the workflow's own Note (this pack's, ahead of a template's), up to its first
+    colon, without Markdown's heading marks: what the workflow is."""
+    notes = [n for n in wf["nodes"] if n["type"] in wc.NOTE_TYPES]
+    notes.sort(key=lambda n: n.get("title") != wt.NOTE_TITLE)
+    if not notes:
+        return ""
+    return notes[0]["widgets_values"][0].split("\n", 1)[0].split(":", 1)[0].strip().lstrip("#").strip().rstrip(".")
 
 
 def pack_node_defs() -> dict:
@@ -170,7 +177,9 @@ def main() -> int:
     def fail(message):
         raise RuntimeError(message)
 
-    with h.comfyui_server(base, comfy_root, fail) as server:
+    # the newest frontend where the host serves it (as the browser tests' last frontend)
+    front = h.frontend_root(h.frontends(comfy_root)[-1])
+    with h.comfyui_server(base, comfy_root, fail, frontend_root=front) as server:
         with h.editor(server, tempfile.mkdtemp(prefix="asag-thumbnails-profile-")) as pg:
             for name in wc.WORKFLOW_FILES:
                 dest = make_thumbnail(pg, name, os.path.join(wc.WORKFLOWS_DIR, wc.thumbnail_name(name)))

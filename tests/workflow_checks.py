@@ -8,6 +8,7 @@ this pack's nodes are checked against ``OUR_NODES`` below and core nodes only by
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from tests.workflow_graph import (  # noqa: F401  (the tests read them as wc.<na
     DECODERS,
     SAMPLERS,
     SAVERS,
+    TEMPLATE_KEYS,
     _links,
     _nodes,
     adds_noise,
@@ -38,33 +40,23 @@ from tests.workflow_models import (  # noqa: F401
     MODEL_SOURCES,
     check_models,
 )
+from tests.workflow_notes import TEMPLATE_WORKFLOWS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS_DIR = os.path.join(ROOT, "workflows")
 
-IMAGE_WORKFLOW_FILES = (
-    "sd15_asag.json",
-    "sdxl_asag.json",
-    "sdxl_asag_guider.json",
-    "sd35_asag.json",
-    "flux_asag.json",
-    "unconditional_asag.json",
-    "controlnet_asag.json",
-    "ipadapter_asag.json",
-    "ablation_asag.json",
-)
-VIDEO_WORKFLOW_FILES = (
-    "wan22_14b_t2v_asag.json",
-    "wan22_14b_t2v_4step_asag.json",
-    "wan22_5b_ti2v_asag.json",
-    "ltxv_t2v_asag.json",
-    "hunyuan_video_t2v_asag.json",
-)
-WORKFLOW_FILES = IMAGE_WORKFLOW_FILES + VIDEO_WORKFLOW_FILES
+# The workflows made from ComfyUI's official templates (tests/workflow_notes.py names each one's template)
+TEMPLATE_WORKFLOW_FILES = tuple(TEMPLATE_WORKFLOWS)
+# SD1.5 workflows kept for what no template serves: the CPU-sized demo (the browser test runs it on a
+# random checkpoint), the ablation grid, ControlNet (no SD1.5 ControlNet template any more) and a
+# third-party pack (IP-Adapter); none follows a template
+OWN_WORKFLOW_FILES = ("sd15_asag.json", "ablation_asag.json", "controlnet_asag.json", "ipadapter_asag.json")
+WORKFLOW_FILES = TEMPLATE_WORKFLOW_FILES + OWN_WORKFLOW_FILES
 
 # Nodes that live only in the frontend (no Python class): type -> widget names
 FRONTEND_ONLY = {"Note": ("text",), "MarkdownNote": ("text",)}
 NOTE_TYPES = ("Note", "MarkdownNote")
+FRONTEND_TYPES = (*FRONTEND_ONLY, "Reroute", "PrimitiveNode")  # drawn by the frontend, never sent to ComfyUI
 
 OURS = ("ASAG", "ASAGAdvanced", "ASAGGuider")
 
@@ -266,6 +258,36 @@ class Spec:
         return out
 
 
+def load_core_nodes(host) -> None:
+    """ComfyUI's extra nodes (comfy_extras), loaded into the started host. ComfyUI's nodes.py puts
+    comfy/ first on sys.path, so in a process that did not start through main.py ``utils`` is
+    comfy/utils.py and the extras that import the server (utils.install_util: ImageStitch and the
+    rest of nodes_images.py) fail to load; main.py imports the ``utils`` package first, as this does."""
+    import importlib
+    import sys
+
+    loaded = sys.modules.get("utils")
+    if loaded is not None and not hasattr(loaded, "__path__"):
+        del sys.modules["utils"]
+    comfy_dir = os.path.join(host.root, "comfy")
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p) != comfy_dir]
+    try:
+        importlib.import_module("utils.install_util")
+    finally:
+        sys.path[:] = saved
+    asyncio.run(host.nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+
+
+def host_version(host) -> str:
+    """The started ComfyUI's version (comfyui_version.py)."""
+    with open(os.path.join(host.root, "comfyui_version.py"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=", 1)[1].strip().strip("\"'")
+    raise ValueError(f"no __version__ in {host.root}/comfyui_version.py")
+
+
 def host_specs(host) -> dict:
     """type -> Spec for every node class the started ComfyUI knows."""
     specs = {}
@@ -369,6 +391,38 @@ def check_links(wf) -> list[str]:
     return errors
 
 
+def check_scope_links(wf) -> list[str]:
+    """In the root graph and every subgraph: each link's ends exist (a subgraph's input and output
+    nodes included) and list it, and each linked input names a link into it."""
+    from tests.workflow_templates import SUBGRAPH_INPUT, SUBGRAPH_OUTPUT, scopes
+
+    errors = []
+    for scope in scopes(wf):
+        links = scope.links()
+        nodes = {n["id"]: n for n in scope.nodes}
+        for lid, link in links.items():
+            where = f"{scope.name}: link {lid}"
+            if link["origin_id"] == SUBGRAPH_INPUT:
+                if lid not in scope.holder["inputs"][link["origin_slot"]].get("linkIds", []):
+                    errors.append(f"{where}: the subgraph input does not list it")
+            elif link["origin_id"] not in nodes:
+                errors.append(f"{where}: no origin node {link['origin_id']}")
+            elif lid not in (nodes[link["origin_id"]]["outputs"][link["origin_slot"]].get("links") or []):
+                errors.append(f"{where}: output {link['origin_slot']} of node {link['origin_id']} does not list it")
+            if link["target_id"] == SUBGRAPH_OUTPUT:
+                if lid not in scope.holder["outputs"][link["target_slot"]].get("linkIds", []):
+                    errors.append(f"{where}: the subgraph output does not list it")
+            elif link["target_id"] not in nodes:
+                errors.append(f"{where}: no target node {link['target_id']}")
+            elif nodes[link["target_id"]]["inputs"][link["target_slot"]].get("link") != lid:
+                errors.append(f"{where}: input {link['target_slot']} of node {link['target_id']} names another")
+        for node in scope.nodes:
+            for inp in node.get("inputs", []):
+                if inp.get("link") is not None and inp["link"] not in links:
+                    errors.append(f"{scope.name}: node {node['id']} input {inp['name']!r}: no link {inp['link']}")
+    return errors
+
+
 def _number_ok(value, kind, options):
     if kind == "INT" and (isinstance(value, bool) or not isinstance(value, int)):
         return f"{value!r} is not an int"
@@ -407,9 +461,17 @@ def check_node_against_spec(node, spec: Spec) -> list[str]:
     saved_outputs = tuple(o["type"] for o in node.get("outputs", []))
     if saved_outputs != spec.outputs:
         errors.append(f"{where}: outputs {saved_outputs}, definition returns {spec.outputs}")
+    return errors + check_widget_values(node, spec)
+
+
+def check_widget_values(node, spec: Spec) -> list[str]:
+    """The saved widget values of one node against its definition: count, type, range, choices."""
+    where = f"node {node['id']} ({node['type']})"
+    widgets = spec.widgets()
+    errors = []
     values = node.get("widgets_values", [])
     if not isinstance(values, list) or len(values) != len(widgets):
-        return errors + [f"{where}: {len(values)} widget values for widgets {[w[0] for w in widgets]}"]
+        return [f"{where}: {len(values)} widget values for widgets {[w[0] for w in widgets]}"]
     for (name, kind, options), value in zip(widgets, values, strict=True):
         problem = None
         if kind == "CONTROL":

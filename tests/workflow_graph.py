@@ -130,33 +130,50 @@ def graph_summary(wf) -> dict:
     """The parts of a workflow the frontend must keep unchanged when it loads and saves it again."""
     nodes = {}
     for n in wf["nodes"]:
-        nodes[n["id"]] = {
+        nodes[str(n["id"])] = {
             "type": n["type"],
             "title": n.get("title"),
             "pos": [round(v, 3) for v in n["pos"]],
             "mode": n.get("mode", 0),
-            "widgets_values": n.get("widgets_values"),
+            "widgets_values": n.get("widgets_values") or [],  # 1.58.1 saves none as null
             "inputs": [(i["name"], i["type"], i.get("link"), (i.get("widget") or {}).get("name"))
                        for i in n.get("inputs", [])],
             "outputs": [(o["name"], o["type"], sorted(o.get("links") or [])) for o in n.get("outputs", [])],
             "models": n.get("properties", {}).get("models"),
         }
-    return {"nodes": nodes, "links": sorted(map(list, wf["links"])),
+    links = [[link[k] for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")]
+             if isinstance(link, dict) else list(link) for link in wf["links"]]
+    by_id = {str(n["id"]): n for n in wf["nodes"]}
+
+    def input_name(node_id, slot):
+        # by name: a frontend lists a subgraph node's widget inputs before its linked ones
+        inputs = by_id.get(str(node_id), {}).get("inputs", [])
+        return inputs[slot]["name"] if 0 <= slot < len(inputs) else slot
+    links = sorted([link[0], str(link[1]), link[2], str(link[3]), input_name(link[3], link[4]), link[5]]
+                   for link in links)
+    return {"nodes": nodes, "links": links,
             "groups": sorted((g["title"], tuple(g["bounding"])) for g in wf["groups"])}
 
 
-def summary_diff(saved: dict, shipped: dict) -> list[str]:
-    """Readable differences between two graph_summary() results."""
+# What a frontend may rewrite in a template's file (saved by a newer frontend) without changing what runs:
+# the widget inputs it lists and the widget values of promoted or version-dependent widgets. The
+# validation test checks what the editor makes of them.
+TEMPLATE_KEYS = ("type", "title", "pos", "mode", "models")
+
+
+def summary_diff(saved: dict, shipped: dict, keys=None, groups=True) -> list[str]:
+    """Readable differences between two graph_summary() results (in ``keys`` only, when given; the
+    groups too, unless ``groups`` is false)."""
     out = []
     a, b = saved["nodes"], shipped["nodes"]
     for nid in sorted(set(a) | set(b)):
         if nid not in a or nid not in b:
             out.append(f"node {nid}: only in {'the saved graph' if nid in a else 'the file'}")
             continue
-        for key in b[nid]:
+        for key in keys or b[nid]:
             if a[nid].get(key) != b[nid][key]:
                 out.append(f"node {nid} ({b[nid]['type']}) {key}: saved {a[nid].get(key)!r}, file {b[nid][key]!r}")
-    for key in ("links", "groups"):
+    for key in ("links", "groups") if groups else ("links",):
         if saved[key] != shipped[key]:
             out.append(f"{key}: saved {saved[key]!r}, file {shipped[key]!r}")
     return out

@@ -1,5 +1,6 @@
-"""The model files the shipped workflows name: official release names, the ComfyUI ``models/``
-folder each goes in, where each is published, and the check of a workflow against them."""
+"""The model files this pack's own (SD1.5) workflows name: official release names, the ComfyUI
+``models/`` folder each goes in, where each is published, and the check of a workflow against them.
+The template workflows' files are the templates' own (their loaders' ``properties.models``)."""
 
 from __future__ import annotations
 
@@ -8,62 +9,20 @@ import re
 from tests.workflow_graph import widget
 
 # Every model file a workflow (a loader widget, a download link or a Note) names: official release
-# file names and the ComfyUI models/ subfolder each goes into. README lists the same table.
+# file names and the ComfyUI models/ subfolder each goes into.
 MODEL_FILES = {
     "v1-5-pruned-emaonly-fp16.safetensors": "checkpoints",
-    "sd_xl_base_1.0.safetensors": "checkpoints",
-    "sd3.5_large.safetensors": "checkpoints",
-    "sd3.5_medium.safetensors": "checkpoints",
-    "clip_l.safetensors": "text_encoders",
-    "clip_g.safetensors": "text_encoders",
-    "t5xxl_fp16.safetensors": "text_encoders",
-    "flux1-dev.safetensors": "diffusion_models",
-    "ae.safetensors": "vae",
     "control_v11p_sd15_canny_fp16.safetensors": "controlnet",
     "control_v11p_sd15_canny.pth": "controlnet",
     "ip-adapter-plus_sd15.safetensors": "ipadapter",
     "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": "clip_vision",
-    "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": "diffusion_models",
-    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": "diffusion_models",
-    "wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors": "loras",
-    "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors": "loras",
-    "wan2.2_ti2v_5B_fp16.safetensors": "diffusion_models",
-    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "text_encoders",
-    "wan_2.1_vae.safetensors": "vae",
-    "wan2.2_vae.safetensors": "vae",
-    "ltx-video-2b-v0.9.safetensors": "checkpoints",
-    "hunyuan_video_t2v_720p_bf16.safetensors": "diffusion_models",
-    "llava_llama3_fp8_scaled.safetensors": "text_encoders",
-    "hunyuan_video_vae_bf16.safetensors": "vae",
 }
 
 # Where each file is published (the download links the workflows embed must be one of these).
 _HF = "https://huggingface.co/"
-# ComfyUI's repackaged video models, as its templates (Comfy-Org/workflow_templates) link them
-_WAN22 = _HF + "Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/"
-_WAN21 = _HF + "Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/"
-_HYV = _HF + "Comfy-Org/HunyuanVideo_repackaged/resolve/main/split_files/"
 MODEL_SOURCES = {
     "v1-5-pruned-emaonly-fp16.safetensors": (
         _HF + "Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",),
-    "sd_xl_base_1.0.safetensors": (
-        _HF + "stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",),
-    "sd3.5_large.safetensors": (
-        _HF + "stabilityai/stable-diffusion-3.5-large/resolve/main/sd3.5_large.safetensors",),
-    "sd3.5_medium.safetensors": (
-        _HF + "stabilityai/stable-diffusion-3.5-medium/resolve/main/sd3.5_medium.safetensors",),
-    "clip_l.safetensors": (
-        _HF + "stabilityai/stable-diffusion-3.5-large/resolve/main/text_encoders/clip_l.safetensors",
-        _HF + "comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
-    ),
-    "clip_g.safetensors": (
-        _HF + "stabilityai/stable-diffusion-3.5-large/resolve/main/text_encoders/clip_g.safetensors",),
-    "t5xxl_fp16.safetensors": (
-        _HF + "stabilityai/stable-diffusion-3.5-large/resolve/main/text_encoders/t5xxl_fp16.safetensors",
-        _HF + "comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors",
-    ),
-    "flux1-dev.safetensors": (_HF + "black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors",),
-    "ae.safetensors": (_HF + "black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors",),
     "control_v11p_sd15_canny_fp16.safetensors": (
         _HF + "comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11p_sd15_canny_fp16.safetensors",),
     "control_v11p_sd15_canny.pth": (_HF + "lllyasviel/ControlNet-v1-1/resolve/main/control_v11p_sd15_canny.pth",),
@@ -72,23 +31,6 @@ MODEL_SOURCES = {
     # published as models/image_encoder/model.safetensors; ComfyUI_IPAdapter_plus wants it renamed
     "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": (
         _HF + "h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors",),
-    "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": (
-        _WAN22 + "diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",),
-    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": (
-        _WAN22 + "diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",),
-    "wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors": (
-        _WAN22 + "loras/wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors",),
-    "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors": (
-        _WAN22 + "loras/wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors",),
-    "wan2.2_ti2v_5B_fp16.safetensors": (_WAN22 + "diffusion_models/wan2.2_ti2v_5B_fp16.safetensors",),
-    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": (_WAN21 + "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",),
-    "wan_2.1_vae.safetensors": (_WAN22 + "vae/wan_2.1_vae.safetensors",),
-    "wan2.2_vae.safetensors": (_WAN22 + "vae/wan2.2_vae.safetensors",),
-    "ltx-video-2b-v0.9.safetensors": (_HF + "Lightricks/LTX-Video/resolve/main/ltx-video-2b-v0.9.safetensors",),
-    "hunyuan_video_t2v_720p_bf16.safetensors": (
-        _HYV + "diffusion_models/hunyuan_video_t2v_720p_bf16.safetensors",),
-    "llava_llama3_fp8_scaled.safetensors": (_HYV + "text_encoders/llava_llama3_fp8_scaled.safetensors",),
-    "hunyuan_video_vae_bf16.safetensors": (_HYV + "vae/hunyuan_video_vae_bf16.safetensors",),
 }
 
 # (loader node, widget) -> the models/ subfolder the file it names must live in
