@@ -30,6 +30,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from tests import workflow_checks as wc  # noqa: E402
+from tests import workflow_templates as wt  # noqa: E402
 from tests.comfy_host import HOW_TO, find_comfyui  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -44,6 +45,51 @@ SD15_CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
 # Frontend 1.27.10 on a fresh profile throws this once while starting, with no custom nodes at
 # all too (reproduced with --disable-all-custom-nodes): not ours, tolerated only before the app is ready.
 STARTUP_PAGE_ERRORS = ("Cannot read properties of undefined (reading 'id')",)
+# Frontend 1.43.18 logs this once while starting, on its own (issue 21): tolerated only before ready.
+STARTUP_CONSOLE_ERRORS = ("ComfyApp graph accessed before initialization",)
+# What a frontend logs when the page's Content Security Policy stops it reaching the outside world
+# (1.43.18 and 1.58.1 look an unknown node type up in the registry): outside requests are blocked anyway.
+BLOCKED_OUTSIDE = "violates the following Content Security Policy directive"
+
+# The newest frontend on the registry, served with --front-end-root on hosts >= NEWEST_FRONTEND_FROM
+NEWEST_FRONTEND = "1.58.1"
+NEWEST_FRONTEND_FROM = (0, 22, 0)
+HOW_TO_NEWEST = (f"set ASAG_NEWEST_FRONTEND_DIR to a folder holding comfyui-frontend-package=={NEWEST_FRONTEND}: "
+                 f"pip install --no-deps --target DIR comfyui-frontend-package=={NEWEST_FRONTEND} (.ci/run does this)")
+
+
+def comfyui_version(comfy_root) -> tuple:
+    with open(os.path.join(comfy_root, "comfyui_version.py"), encoding="utf-8") as f:
+        text = f.read()
+    return tuple(int(p) for p in text.split("__version__", 1)[1].split('"')[1].split("."))
+
+
+def pinned_frontend(comfy_root) -> str:
+    """The frontend version the host's requirements.txt pins."""
+    with open(os.path.join(comfy_root, "requirements.txt"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("comfyui-frontend-package=="):
+                return line.split("==", 1)[1].strip()
+    raise ValueError(f"{comfy_root}/requirements.txt pins no comfyui-frontend-package")
+
+
+def frontends(comfy_root) -> list[str]:
+    """The frontends the browser tests run on with this host: its pinned one, and the newest where the
+    host is new enough to serve it."""
+    if comfy_root is None:
+        return ["pinned"]
+    return ["pinned", "newest"] if comfyui_version(comfy_root) >= NEWEST_FRONTEND_FROM else ["pinned"]
+
+
+def frontend_root(kind) -> str | None:
+    """--front-end-root for ``kind`` ('pinned': None, the host's own); raises with how to install."""
+    if kind == "pinned":
+        return None
+    base = os.environ.get("ASAG_NEWEST_FRONTEND_DIR", "")
+    static = os.path.join(base, "comfyui_frontend_package", "static")
+    if not base or not os.path.isfile(os.path.join(static, "index.html")):
+        raise FileNotFoundError(f"no frontend at ASAG_NEWEST_FRONTEND_DIR={base!r}: {HOW_TO_NEWEST}")
+    return static
 # Local 404s of a fresh user directory (no user.css, no saved workflows or templates yet)
 EXPECTED_LOCAL_404 = ("/user.css", "/api/userdata/user.css", "/api/userdata?dir=workflows",
                       "/api/userdata?dir=subgraphs", "/api/userdata/comfy.templates.json",
@@ -187,16 +233,37 @@ def prepare_base(base, comfy_root, skip_placeholders=()):
     with open(os.path.join(base, "user", "default", "comfy.settings.json"), "w") as f:
         json.dump({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}, f)
     _example_image(comfy_root, os.path.join(base, "input", "example.png"))
-    for name, folder in wc.MODEL_FILES.items():
+    for name, folder in model_placeholders():
         os.makedirs(os.path.join(base, "models", folder), exist_ok=True)
         if name not in skip_placeholders:
             open(os.path.join(base, "models", folder, name), "wb").close()
+    for image in input_images():
+        if not os.path.exists(os.path.join(base, "input", image)):
+            shutil.copy(os.path.join(base, "input", "example.png"), os.path.join(base, "input", image))
+
+
+def model_placeholders() -> list[tuple[str, str]]:
+    """(file, models/ folder) of every model file a workflow names: the SD1.5 workflows' table and the
+    template workflows' loaders (their ``properties.models``, as the official templates declare them)."""
+    out = dict(wc.MODEL_FILES)
+    for name in wc.WORKFLOW_FILES:
+        for file_name, folder, _ in wt.loader_files(wc.load(name)):
+            out.setdefault(file_name, folder)
+    return sorted(out.items())
+
+
+def input_images() -> set:
+    """Every image a LoadImage node of a workflow names (the test server's input/ gets a copy of
+    example.png under each name, as a user's own picture)."""
+    return {n["widgets_values"][0] for name in wc.WORKFLOW_FILES for n in wt.all_nodes(wc.load(name))
+            if n["type"] == "LoadImage"}
 
 
 @contextlib.contextmanager
-def comfyui_server(base, comfy_root, fail):
-    """ComfyUI serving ``base`` (see :func:`prepare_base`) on loopback until the block ends; ``fail``
-    reports a start that goes wrong (pytest.fail in the tests). Its log is copied to ARTIFACTS."""
+def comfyui_server(base, comfy_root, fail, frontend_root=None):
+    """ComfyUI serving ``base`` (see :func:`prepare_base`) on loopback until the block ends, with its
+    pinned frontend or the one at ``frontend_root`` (``--front-end-root``); ``fail`` reports a start that
+    goes wrong (pytest.fail in the tests). Its log is copied to ARTIFACTS."""
     port = _free_port()
     server_log = os.path.join(base, "comfyui.log")
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
@@ -204,6 +271,8 @@ def comfyui_server(base, comfy_root, fail):
            "--input-directory", os.path.join(base, "input"), "--temp-directory", os.path.join(base, "temp"),
            "--user-directory", os.path.join(base, "user"), "--database-url", "sqlite:///:memory:",
            "--disable-auto-launch", "--disable-api-nodes"]
+    if frontend_root:
+        cmd += ["--front-end-root", frontend_root]
     with open(server_log, "w") as log:
         proc = subprocess.Popen(cmd, cwd=comfy_root, stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -261,8 +330,11 @@ class Events:
                 if not (starting and any(e in text for e in STARTUP_PAGE_ERRORS)):
                     out.append(f"page error: {text}")
             elif kind == "console.error":
+                if starting and any(e in text for e in STARTUP_CONSOLE_ERRORS):
+                    continue
                 # failed loads are judged by their responses below; outside requests are blocked
-                if not any(s in text for s in ("Failed to load resource", "net::ERR_", "Failed to fetch")):
+                if not any(s in text for s in ("Failed to load resource", "net::ERR_", "Failed to fetch",
+                                               BLOCKED_OUTSIDE)):
                     out.append(f"console error: {text}")
             elif kind in ("response", "requestfailed"):
                 reason, url = text.split(" ", 1)
@@ -286,23 +358,30 @@ def editor(server, profile):
         try:
             # nothing leaves the machine: registry, release and model-size look-ups fail the same everywhere
             context.route(lambda url: not url.startswith(server.url), lambda route: route.abort())
-            pg = context.pages[0] if context.pages else context.new_page()
-            events = Events(server.url)
-            pg.on("console", lambda m: events.items.append((f"console.{m.type}", m.text)))
-            pg.on("pageerror", lambda e: events.items.append(("pageerror", str(e))))
-            pg.on("response", lambda r: r.status >= 400 and events.items.append(("response", f"{r.status} {r.url}")))
-            pg.on("requestfailed", lambda r: events.items.append(("requestfailed", f"{r.failure} {r.url}")))
-            pg.goto(server.url)
-            pg.wait_for_function("() => window.app && window.app.vueAppReady && window.app.graph && window.LiteGraph",
-                                 timeout=120_000)
-            pg.wait_for_timeout(1500)  # let the start-up requests settle
-            events.ready_at = len(events.items)
-            pg.startup_dialogs = open_dialogs(pg)
-            close_overlays(pg)
-            pg.events = events
+            pg = open_page(context, server, context.pages[0] if context.pages else None)
             yield pg
         finally:
             context.close()
+
+
+def open_page(context, server, pg=None):
+    """The editor in a page of ``context`` (a new tab unless ``pg`` is given), ready, recording what it
+    reports, with ``page.startup_dialogs``."""
+    pg = pg or context.new_page()
+    events = Events(server.url)
+    pg.on("console", lambda m: events.items.append((f"console.{m.type}", m.text)))
+    pg.on("pageerror", lambda e: events.items.append(("pageerror", str(e))))
+    pg.on("response", lambda r: r.status >= 400 and events.items.append(("response", f"{r.status} {r.url}")))
+    pg.on("requestfailed", lambda r: events.items.append(("requestfailed", f"{r.failure} {r.url}")))
+    pg.goto(server.url)
+    pg.wait_for_function("() => window.app && window.app.vueAppReady && window.app.graph && window.LiteGraph",
+                         timeout=120_000)
+    pg.wait_for_timeout(1500)  # let the start-up requests settle
+    events.ready_at = len(events.items)
+    pg.startup_dialogs = open_dialogs(pg)
+    close_overlays(pg)
+    pg.events = events
+    return pg
 
 
 # ------------------------------------------------------------------------------------- page helpers
@@ -326,13 +405,58 @@ def drop_workflow(pg, wf: dict, file_name: str):
         [json.dumps(wf), file_name])
     pg.dispatch_event("#graph-canvas", "drop", {"dataTransfer": transfer})
     pg.wait_for_function("(n) => (window.__e2eLoads || 0) > n", arg=before, timeout=30_000)
-    ids = sorted(n["id"] for n in wf["nodes"])
-    assert sorted(pg.evaluate("() => app.graph.nodes.map(n => n.id)")) == ids, f"{file_name} is not the graph"
+    ids = sorted(str(n["id"]) for n in wf["nodes"])  # 1.58.1 keeps node ids as strings
+    assert sorted(pg.evaluate("() => app.graph.nodes.map(n => String(n.id))")) == ids, f"{file_name} is not the graph"
     pg.wait_for_timeout(500)  # dialogs and toasts render on the next frames
 
 
+def frontend_version(pg) -> tuple:
+    return tuple(int(p) for p in pg.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__").split("."))
+
+
 def open_dialogs(pg):
-    return pg.evaluate("() => [...document.querySelectorAll('.p-dialog')].map(d => d.innerText)")
+    """Modal dialogs: PrimeVue's .p-dialog (1.27, 1.43), role=dialog (1.58's own dialogs)."""
+    return pg.evaluate("() => [...document.querySelectorAll('.p-dialog, [role=dialog]')].map(d => d.innerText)")
+
+
+# Where each frontend reports missing node types (issue 21): 1.27 a dialog, 1.43 an error overlay
+# (role=alert, "Some nodes are missing"), 1.58 a notification (role=status, "Missing node: <type>")
+MISSING_NOTICE_ROLE = {(1, 27): "dialog", (1, 43): "alert", (1, 58): "status"}
+
+
+def missing_node_notices(pg) -> list[tuple[str, str]]:
+    """(kind, text) of every dialog, alert or status notice that reports missing nodes."""
+    found = pg.evaluate("""() => {
+        const out = [];
+        for (const [kind, sel] of [['dialog', '.p-dialog, [role=dialog]'], ['alert', '[role=alert]'],
+                                   ['status', '[role=status]']]) {
+            for (const el of document.querySelectorAll(sel)) out.push([kind, el.innerText || '']);
+        }
+        return out;
+    }""")
+    return [(kind, text) for kind, text in found if is_missing_nodes_dialog(text)]
+
+
+def close_right_panel(pg):
+    """Close the right side panel (1.43 and 1.58 open it with a node's info and keep it open; it covers
+    the right of the canvas). Frontends without it have no such setting."""
+    pg.evaluate("""async () => {
+        const setting = app.extensionManager.setting;
+        if (setting.get('Comfy.RightSidePanel.IsOpen')) await setting.set('Comfy.RightSidePanel.IsOpen', false);
+    }""")
+
+
+def dismiss_notices(pg):
+    """Close the error overlay and notifications that report missing nodes (1.43, 1.58)."""
+    pg.evaluate("""() => {
+        for (const el of document.querySelectorAll('[role=alert], [role=status]')) {
+            for (const b of el.querySelectorAll('button')) {
+                const label = (b.innerText + ' ' + (b.getAttribute('aria-label') || '')).toLowerCase();
+                if (label.includes('dismiss') || label.includes('close')) b.click();
+            }
+        }
+    }""")
+    pg.wait_for_timeout(300)
 
 
 def open_toasts(pg):
@@ -349,12 +473,16 @@ def close_overlays(pg):
             pg.evaluate("() => document.querySelectorAll('.p-dialog .p-dialog-close-button').forEach(b => b.click())")
             pg.wait_for_timeout(300)
     pg.evaluate("() => document.querySelectorAll('.p-toast-message .p-toast-close-button').forEach(b => b.click())")
+    dismiss_notices(pg)
+    close_right_panel(pg)
     assert not open_dialogs(pg), "a dialog would not close"
 
 
 def missing_node_types(dialog_text: str, candidates) -> set:
-    """The node types a missing-nodes dialog lists, out of ``candidates``."""
+    """The node types a missing-nodes notice names, out of ``candidates`` (a line of their own, or after
+    "Missing node: ")."""
     lines = {line.strip() for line in dialog_text.splitlines()}
+    lines |= {line.split(":", 1)[1].strip() for line in lines if ":" in line}
     return {c for c in candidates if c in lines}
 
 
