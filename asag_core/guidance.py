@@ -22,13 +22,12 @@ convention).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from .layers import parse_layer_spec
-from .sinkhorn_checks import check_params
+from .sinkhorn_checks import check_number, check_params
 
 RESCALE_MODES = ("full", "partial")
 
@@ -53,32 +52,19 @@ class ASAGSettings:
     rescale_mode: str = "full"
 
     def __post_init__(self):
-        _finite("scale", self.scale, minimum=0.0)
+        check_number("scale", self.scale, minimum=0.0)
         check_params(self.iterations, self.lam, self.cost)  # the Sinkhorn's own check, its wording
         parse_layer_spec(self.layers)  # raises LayerSpecError (a ValueError) naming 'layers'
-        _finite("start_percent", self.start_percent, minimum=0.0, maximum=1.0)
-        _finite("end_percent", self.end_percent, minimum=0.0, maximum=1.0)
+        check_number("start_percent", self.start_percent, minimum=0.0, maximum=1.0)
+        check_number("end_percent", self.end_percent, minimum=0.0, maximum=1.0)
         if self.start_percent > self.end_percent:
             raise ValueError(
                 f"start_percent ({self.start_percent}) must not exceed end_percent ({self.end_percent}); "
                 "guidance runs from start_percent to end_percent of the schedule, 0 <= start <= end <= 1"
             )
-        _finite("rescale", self.rescale, minimum=0.0, maximum=1.0)
+        check_number("rescale", self.rescale, minimum=0.0, maximum=1.0)
         if self.rescale_mode not in RESCALE_MODES:
             raise ValueError(f"rescale_mode must be one of {', '.join(RESCALE_MODES)}; got {self.rescale_mode!r}")
-
-
-def _finite(name, value, minimum=None, maximum=None):
-    limits = [f"{op} {bound}" for op, bound in ((">=", minimum), ("<=", maximum)) if bound is not None]
-    bounds = " " + " and ".join(limits) if limits else ""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}") from None
-    if not math.isfinite(x):
-        raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}")
-    if (minimum is not None and x < minimum) or (maximum is not None and x > maximum):
-        raise ValueError(f"{name} must be{bounds}, got {value!r}")
 
 
 def asag_term(cond: torch.Tensor, adversarial: torch.Tensor, scale: float) -> torch.Tensor:

@@ -16,17 +16,26 @@ import torch
 COSTS = ("adversarial", "similarity", "uniform")
 
 
+def check_number(name, value, minimum=None, maximum=None) -> None:
+    """The one wording of a bad number: ``name`` must be a finite number within the bounds given."""
+    limits = [f"{op} {float(bound)}" for op, bound in ((">=", minimum), ("<=", maximum)) if bound is not None]
+    bounds = " " + " and ".join(limits) if limits else ""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}")
+    if (minimum is not None and x < minimum) or (maximum is not None and x > maximum):
+        raise ValueError(f"{name} must be{bounds}, got {value!r}")
+
+
 def check_params(iterations, lam, cost) -> None:
     """The one check of the Sinkhorn parameters, with its one wording: :func:`asag_core.sinkhorn.sinkhorn_plan`,
     :func:`asag_core.sinkhorn.adversarial_attention` and :class:`asag_core.guidance.ASAGSettings` all call it."""
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
-    try:
-        lam_f = float(lam)
-    except (TypeError, ValueError):
-        lam_f = math.nan
-    if not math.isfinite(lam_f) or lam_f < 0:
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    check_number("lam", lam, minimum=0.0)
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {', '.join(COSTS)}; got {cost!r}")
 
