@@ -353,15 +353,22 @@ def editor(server, profile):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, viewport=VIEWPORT)
+        context = browser_context(pw, server, profile)
         try:
-            # nothing leaves the machine: registry, release and model-size look-ups fail the same everywhere
-            context.route(lambda url: not url.startswith(server.url), lambda route: route.abort())
             pg = open_page(context, server, context.pages[0] if context.pages else None)
+            pg.playwright = pw
             yield pg
         finally:
             context.close()
+
+
+def browser_context(pw, server, profile):
+    """Headless Chromium with its own ``profile`` folder, every request that would leave the machine
+    aborted (registry, release and model-size look-ups fail the same everywhere)."""
+    context = pw.chromium.launch_persistent_context(
+        profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, viewport=VIEWPORT)
+    context.route(lambda url: not url.startswith(server.url), lambda route: route.abort())
+    return context
 
 
 def open_page(context, server, pg=None):
