@@ -236,7 +236,7 @@ def test_missing_layer_names_it_and_lists_the_models_layers(catalog, spec, token
     )
 
 
-@pytest.mark.parametrize("catalog,spec,count", [(SDXL, "u3-6", 6), (SDXL, "u3 - u6", 6),
+@pytest.mark.parametrize("catalog,spec,count", [(SDXL, "u3-6", 6), (SDXL, "u3 - u6", 6), (SDXL, "u5-6", 6),
                                                 (FLUX, "single30-single38", 38), (SD3, "b20-b30", 24)])
 def test_a_range_running_past_the_end_is_quoted_as_written(catalog, spec, count):
     with pytest.raises(LayerSpecError) as err:
