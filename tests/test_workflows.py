@@ -337,6 +337,13 @@ def test_note_explains_the_workflow(name, workflows):
 
 
 @pytest.mark.parametrize("name", wc.OWN_WORKFLOW_FILES)
+def test_sd15_note_says_why_sd15(name, workflows):
+    """SD1.5 is kept only where it serves what no template does; the Note says which (as README does)."""
+    text = "\n".join(n["widgets_values"][0] for n in workflows[name]["nodes"] if n["type"] in wc.NOTE_TYPES)
+    assert f"**Why SD1.5:** {wr.OWN_ROWS[name][1]}." in text
+
+
+@pytest.mark.parametrize("name", wc.OWN_WORKFLOW_FILES)
 def test_every_sampler_is_saved_and_asag_is_used(name, workflows):
     wf = workflows[name]
     samplers = [n for n in wf["nodes"] if n["type"] in wc.SAMPLERS]

@@ -17,14 +17,15 @@ from tests import workflow_checks as wc  # noqa: E402
 from tests import workflow_notes as wn  # noqa: E402
 from tests import workflow_templates as wt  # noqa: E402
 
-# this pack's own SD1.5 workflows: (what it shows, why SD1.5, the cost table row)
+# this pack's own SD1.5 workflows: (what it shows, why SD1.5; each Note says the same)
 OWN_ROWS = {
     "sd15_asag.json": ("Load Checkpoint → ASAG → KSampler beside a CFG-only KSampler on the same seed (the A/B)",
                        "the CPU-sized demo the browser test runs"),
     "ablation_asag.json": ("an ASAGAdvanced grid on one seed: adversarial with 1 / 2 / 5 iterations, similarity, "
                            "uniform, and CFG only", "the paper's ablations, cheap enough to run as a grid"),
     "controlnet_asag.json": ("Canny ControlNet (core nodes) + ASAG",
-                             "the SD1.5 ControlNet template left the index; no other family has a core ControlNet"),
+                             ("a Canny ControlNet of core nodes at CPU size (the SD1.5 ControlNet template left the "
+                              "index; the Flux, SD3.5 and Qwen-Image ControlNet templates need far larger models)")),
     "ipadapter_asag.json": (f"IP-Adapter + ASAG; needs [{wc.THIRD_PARTY_PACK}](https://github.com/{wc.THIRD_PARTY_REPO})",
                             "a third-party pack's nodes beside ASAG"),
 }
