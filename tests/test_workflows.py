@@ -447,19 +447,3 @@ def test_model_table_is_complete():
     assert set(wc.MODEL_SOURCES) == set(wc.MODEL_FILES)
     for name, urls in wc.MODEL_SOURCES.items():
         assert urls and all(u.startswith("https://huggingface.co/") for u in urls), name
-
-
-def _readme():
-    with open(wc.os.path.join(wc.ROOT, "README.md"), encoding="utf-8") as f:
-        return f.read()
-
-
-def test_readme_workflow_table_is_generated():
-    """README's workflow table (workflow, template followed, family, min ComfyUI, what ASAG adds, cost)
-    is python -m tests.workflow_readme's."""
-    assert wr.workflow_table() in _readme(), "update README's workflow table: python -m tests.workflow_readme"
-
-
-def test_readme_model_table_is_generated():
-    """README's model table (file, folder, used by) is python -m tests.workflow_readme's."""
-    assert wr.model_table() in _readme(), "update README's model table: python -m tests.workflow_readme"

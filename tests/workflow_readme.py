@@ -1,5 +1,5 @@
-"""The README's "Workflows" tables, generated from the workflows (test_workflows checks the README
-holds them verbatim). ``python -m tests.workflow_readme`` prints the section's tables.
+"""The workflow tables, generated from the workflows: README's "Workflows" table and docs/workflows.md's
+model files (``tests/readme_tables.py`` puts them there; ``python -m tests.workflow_readme`` prints them).
 """
 
 from __future__ import annotations
