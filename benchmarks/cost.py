@@ -54,7 +54,7 @@ Extra keys: ``roles`` (auto / first / middle / last / why a layer is listed), ``
 (batch, heads, q tokens, k tokens, head dim, value head dim), ``sinkhorn_over_attention``,
 ``sinkhorn_extra_share`` ((Sinkhorn − the attention it replaces) / row: what the plan itself adds
 to the adversarial row, beyond the ideals), and what the node does today: ``node_shares_prefix``
-(``nodes/shared_prefix.prefix_modules`` is non-empty: the fast path computes the prefix once)
+(``nodes/model_layers.prefix_modules`` is non-empty: the fast path computes the prefix once)
 and, from it, ``node_after_share`` (1 − the prefix modules' share: the embedders are not shared;
 1.0 where nothing is shared), ``node_ideal_over_cfg`` = 1 + node_after_share / 2 and
 ``node_ideal_over_cfg1`` = 1 + node_after_share. Where the node shares nothing the adversarial

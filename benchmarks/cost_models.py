@@ -495,7 +495,7 @@ def detection_round_trip(arch: Architecture, config, model) -> list:
 def sdpa_transformer_options(override_key: str) -> dict:
     """transformer_options that route every ComfyUI attention call of a forward through
     ComfyUI's PyTorch SDPA function (what GPUs run), whatever backend this process picked: the
-    ``optimized_attention_override`` key (``override_key``, from ``nodes/comfy_internals``) that
+    ``optimized_attention_override`` key (``override_key``, from ``nodes/comfy_contract``) that
     ComfyUI's ``wrap_attn`` honours for every caller passing transformer_options, as all the
     families here do. On the meta device SDPA decomposes into matmuls the FLOP counter sees."""
     from comfy.ldm.modules.attention import attention_pytorch

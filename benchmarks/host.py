@@ -26,5 +26,5 @@ def start_host():
 
 
 def pack_module(host, name):
-    """A submodule of the pack as ComfyUI imported it, e.g. ``pack_module(host, "nodes.guidance_nodes")``."""
+    """A submodule of the pack as ComfyUI imported it, e.g. ``pack_module(host, "nodes.guidance_step")``."""
     return sys.modules[f"{host.pack_module_name}.{name}"]

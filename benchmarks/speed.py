@@ -36,7 +36,7 @@ Variants, each timed per sampling step (one guided prediction, everything the gu
 ``asag``           CFG + the ASAG node, default layers (the U-Net middle block, the same 10 layers PAG
                    perturbs / Flux double5), on its fast path: cond, uncond and adversarial rows in one
                    batched call, the adversarial rows' prefix shared (nodes/guidance_step.py,
-                   nodes/shared_prefix.py).
+                   nodes/adversarial_call.py).
 ``node_separate``  the same node with ``sampler_calc_cond_batch_function`` held by another node (a
                    pass-through, tests/sampling.py ``hold_batch_slot``), so its adversarial branch is a
                    separate pass like PAG's (what ``asag`` measured before the fast path).
@@ -57,7 +57,7 @@ are reported next to them (``wall ms``, ``*_wall`` ratios); with ``--threads`` >
 count the other threads' work.
 
 The floor: what the fast path's adversarial row costs at best, i.e. the fraction of one row's
-model work that is not in the shared prefix (``shared_prefix.prefix_modules`` for the node's
+model work that is not in the shared prefix (``model_layers.prefix_modules`` for the node's
 default layers; the embedders, which are not shared, count as not shared). Counted on one cond
 row of the plain model, two ways: time inside the prefix modules over the whole forward time
 (hooks, median of several calls) -> ``floor_time``; FLOPs (torch.utils.flop_counter, with

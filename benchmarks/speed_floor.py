@@ -38,7 +38,7 @@ def _prefix_time_share(dm, prefix, args, kwargs, repeats):
 
 def work_after_prefix(host, model, inputs, repeats):
     """The fraction of one cond row's model work that is NOT in the shared prefix (the modules
-    ``shared_prefix.prefix_modules`` lists for the ASAG node's default layers): the part the
+    ``model_layers.prefix_modules`` lists for the ASAG node's default layers): the part the
     fast path's adversarial row adds to the batched call. Measured two ways on one row of the
     plain model: forward time (median over ``repeats`` calls) and FLOPs (torch's FLOP counter,
     matmuls, convolutions and attention; elementwise work uncounted; ``benchmarks/flops.py``)."""

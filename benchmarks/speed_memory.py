@@ -131,7 +131,7 @@ def dense_check(host, size):
     from comfy_extras import nodes_custom_sampler as ncs
 
     model = sdxl_shaped(num_head_channels=DENSE_CHECK_HEAD_CHANNELS)
-    guidance = pack_module(host, "nodes.guidance_nodes")
+    guidance = pack_module(host, "nodes.guidance_step")
     layers = "d0-d3, m0, u0-u5"
     patched = host.node("ASAGAdvanced").execute(
         model, 1.5, 2, 1.0, "adversarial", layers, 0.0, 1.0, 0.0, "full"
@@ -142,7 +142,7 @@ def dense_check(host, size):
     tokens = (size // 2) ** 2
     heads = SDXL_SHAPE["model_channels"] * SDXL_SHAPE["channel_mult"][1] // DENSE_CHECK_HEAD_CHANNELS
     # the time window of every Sinkhorn call, to attribute the allocator events to it
-    patch_module = pack_module(host, "nodes.attention_patch")
+    patch_module = pack_module(host, "nodes.adversarial_call")
     windows = []
     inner, recording = _recording_sinkhorn(patch_module, windows)
     patch_module.sinkhorn_attention = recording
