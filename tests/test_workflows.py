@@ -58,6 +58,12 @@ def workflows():
 
 
 @pytest.fixture(scope="module")
+def flat(workflows):
+    """What runs of each workflow: its subgraphs' nodes in place of the subgraph nodes (wc.flatten)."""
+    return {name: wc.flatten(wf) for name, wf in workflows.items()}
+
+
+@pytest.fixture(scope="module")
 def templates():
     """The installed official templates the workflows follow (fails, saying how to install them)."""
     try:
@@ -206,45 +212,57 @@ def test_note_says_what_the_workflow_needs(name, workflows):
     assert "scale 1.5" in text and "arXiv 2511.07499" in text
     table = wn.load_cost_table()
     if row_key is None:
-        assert row_key not in table and wn.COST_PLACEHOLDER in text
+        assert row_key not in table and f"{wn.NOT_COUNTED} (" in text and "×" not in text
     else:
-        auto = table[row_key]["layers"]["auto"]
-        assert f"×{auto['node_ideal_over_cfg']:.2f}" in text and f"×{auto['node_ideal_over_cfg1']:.2f}" in text
-        assert wn.COST_PLACEHOLDER not in text
+        row = table[row_key]
+        auto = row["layers"]["auto"]
+        assert f"×{auto['node_ideal_over_cfg']:.2f} a CFG step" in text
+        assert f"×{auto['node_ideal_over_cfg1']:.2f} a step at cfg 1" in text
+        if not row["node_shares_prefix"]:  # the pack's whole row, and what sharing would cost
+            assert (auto["node_ideal_over_cfg"], auto["node_ideal_over_cfg1"]) == (1.5, 2.0)
+            assert f"×{auto['ideal_over_cfg']:.2f} and ×{auto['ideal_over_cfg1']:.2f}" in text
     for file_name, folder, url in wt.loader_files(wf):
         assert f"[{file_name}]({url}) → `models/{folder}/{file_name}`" in text, file_name
         assert url.startswith("https://"), (file_name, url)
 
 
 def test_the_cost_follows_the_table():
-    """The Note's cost paragraph carries the table's numbers: a changed table changes it."""
+    """The Note's cost paragraph carries the table's numbers: a changed table changes it; a family whose
+    row shares no prefix gets the whole row's cost and what sharing would cost; no row, no number."""
     table = wn.load_cost_table()
     changed = json.loads(json.dumps(table))
     changed["flux_dev"]["layers"]["auto"]["node_ideal_over_cfg"] = 1.3141
     old = wn.cost_paragraph("FLUX.1 dev", "flux_dev", "", table)
     new = wn.cost_paragraph("FLUX.1 dev", "flux_dev", "", changed)
     assert old != new and "×1.31 a CFG step" in new
-    assert wn.COST_PLACEHOLDER in wn.cost_paragraph("FLUX.1 dev", "flux_dev", "", {})
-
-
-# Not yet at the target: HunyuanVideo 1.5's template is 42 nodes in two stages (its own fit is 0.30), the
-# ablation grid six branches, ControlNet and IP-Adapter a wide row; they need regrouping or subgraphs.
-BELOW_FIT_TARGET = ("hunyuan_video15_t2v_asag.json", "ablation_asag.json", "controlnet_asag.json",
-                    "ipadapter_asag.json")
+    changed["flux_dev"]["node_shares_prefix"] = False
+    changed["flux_dev"]["layers"]["auto"]["ideal_over_cfg"] = 1.2718
+    unshared = wn.cost_paragraph("FLUX.1 dev", "flux_dev", "", changed)
+    assert "×1.31 a CFG step" in unshared and "×1.27 and" in unshared and "×1.27 and" not in new
+    missing = wn.cost_paragraph("FLUX.1 dev", "flux_dev", "", {})
+    assert wn.NOT_COUNTED in missing and "×" not in missing
 
 
 @pytest.mark.parametrize("name", wc.WORKFLOW_FILES)
 def test_opens_readable_in_the_template_browser(name, workflows, templates):
     """Frontend 1.58.1 fits a template to the window (1600x1000): at least 0.6, below which it draws
     nodes as empty boxes, and never smaller than the official template it follows (test_e2e_browser
-    measures the same scale in the page). The ones listed in BELOW_FIT_TARGET are still below 0.6."""
-    scale = wt.fit_scale(workflows[name])
+    measures the same scale in the page). The exceptions (wn.OPENS_SMALL: HunyuanVideo 1.5) are those
+    whose nodes, at their sizes, cover more than the window shows at 0.6 even with no gap between them,
+    and their Note says so with both scales."""
+    wf = workflows[name]
+    scale = wt.fit_scale(wf)
     if name in templates:
         assert scale >= wt.fit_scale(templates[name]), f"{name} opens smaller than its template"
-    if name in BELOW_FIT_TARGET:
-        assert scale < wt.FIT_TARGET, f"{name} now opens at {scale:.2f}: take it out of BELOW_FIT_TARGET"
-    else:
+    if name not in wn.OPENS_SMALL:
         assert scale >= wt.FIT_TARGET, f"{name} opens at {scale:.2f}, below {wt.FIT_TARGET}"
+        return
+    assert scale < wt.FIT_TARGET, f"{name} now opens at {scale:.2f}: take it out of wn.OPENS_SMALL"
+    room = [side * wt.FIT_ZOOM / wt.FIT_TARGET - 2 * wt.FIT_PADDING for side in wt.WINDOW]
+    covered = sum(n["size"][0] * (n["size"][1] + wt.TITLE_HEIGHT) for n in wf["nodes"])
+    assert covered > room[0] * room[1], f"{name}'s nodes would fit at {wt.FIT_TARGET}: lay them out"
+    (note,) = [n["widgets_values"][0] for n in wf["nodes"] if n.get("title") == wt.NOTE_TITLE]
+    assert f"{scale:.2f}" in note and f"{wt.fit_scale(templates[name]):.2f}" in note, "the Note gives both scales"
 
 
 @pytest.mark.parametrize("name", wc.WORKFLOW_FILES)
@@ -279,14 +297,16 @@ def test_template_node_types_exist_where_the_workflow_runs(name, host, workflows
 # ------------------------------------------------------------------------------------- this pack's SD1.5 workflows
 
 @pytest.mark.parametrize("name", wc.OWN_WORKFLOW_FILES)
-def test_structure_and_links(name, workflows):
+def test_structure_and_links(name, workflows, flat):
+    """The graph's structure and links, every subgraph's links, and the links of what runs (the
+    subgraphs joined in)."""
     wf = workflows[name]
-    _fail(wc.check_structure(wf) + wc.check_links(wf))
+    _fail(wc.check_structure(wf) + wc.check_links(wf) + wc.check_scope_links(wf) + wc.check_links(flat[name]))
 
 
 @pytest.mark.parametrize("name", wc.OWN_WORKFLOW_FILES)
-def test_node_types_are_core_ours_or_the_named_pack(name, workflows, core_types):
-    wf = workflows[name]
+def test_node_types_are_core_ours_or_the_named_pack(name, flat, core_types):
+    wf = flat[name]
     allowed = core_types | set(wc.OURS) | set(wc.FRONTEND_ONLY)
     if name == wc.THIRD_PARTY_FILE:
         allowed |= set(wc.THIRD_PARTY_NODES)
@@ -296,9 +316,10 @@ def test_node_types_are_core_ours_or_the_named_pack(name, workflows, core_types)
 
 
 @pytest.mark.parametrize("name", wc.OWN_WORKFLOW_FILES)
-def test_nodes_match_their_definitions(name, workflows, specs):
-    """Sockets, outputs, required connections and widget values (count, type, range, choices)."""
-    wf = workflows[name]
+def test_nodes_match_their_definitions(name, flat, specs):
+    """Sockets, outputs, required connections and widget values (count, type, range, choices), of the
+    nodes inside subgraphs too."""
+    wf = flat[name]
     errors = []
     for node in wf["nodes"]:
         if node["type"] in wc.FRONTEND_ONLY:
@@ -314,18 +335,21 @@ def test_nodes_match_their_definitions(name, workflows, specs):
 
 
 @pytest.mark.parametrize("name", wc.OWN_WORKFLOW_FILES)
-def test_model_files_are_official(name, workflows):
-    _fail(wc.check_models(workflows[name]))
+def test_model_files_are_official(name, flat):
+    _fail(wc.check_models(flat[name]))
 
 
 @pytest.mark.parametrize("name", wc.OWN_WORKFLOW_FILES)
 def test_layout_is_tidy(name, workflows):
-    _fail(wc.check_layout(workflows[name]))
+    """In the graph and in every subgraph."""
+    wf = workflows[name]
+    _fail(wc.check_layout(wf) + [f"{sub['name']}: {e}" for sub in wf.get("definitions", {}).get("subgraphs", [])
+                                 for e in wc.check_layout(sub)])
 
 
 @pytest.mark.parametrize("name", wc.OWN_WORKFLOW_FILES)
-def test_note_explains_the_workflow(name, workflows):
-    wf = workflows[name]
+def test_note_explains_the_workflow(name, flat):
+    wf = flat[name]
     notes = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] in wc.NOTE_TYPES]
     assert notes, f"{name} has no Note"
     text = "\n".join(notes)
@@ -344,8 +368,8 @@ def test_sd15_note_says_why_sd15(name, workflows):
 
 
 @pytest.mark.parametrize("name", wc.OWN_WORKFLOW_FILES)
-def test_every_sampler_is_saved_and_asag_is_used(name, workflows):
-    wf = workflows[name]
+def test_every_sampler_is_saved_and_asag_is_used(name, flat):
+    wf = flat[name]
     samplers = [n for n in wf["nodes"] if n["type"] in wc.SAMPLERS]
     assert samplers
     for sampler in samplers:
@@ -375,8 +399,8 @@ def _asag_sampler(wf, file_name):
 
 
 @pytest.mark.parametrize("name,ckpt,size", [("sd15_asag.json", "v1-5-pruned-emaonly-fp16.safetensors", 512)])
-def test_ab_workflows(name, ckpt, size, workflows):
-    wf = workflows[name]
+def test_ab_workflows(name, ckpt, size, flat):
+    wf = flat[name]
     (loader,) = wc.nodes_of(wf, "CheckpointLoaderSimple")
     assert wc.widget(loader, "ckpt_name") == ckpt
     (latent,) = wc.nodes_of(wf, "EmptyLatentImage")
@@ -392,8 +416,8 @@ def test_ab_workflows(name, ckpt, size, workflows):
         assert wc.source(wf, ks_asag, input_name) == wc.source(wf, ks_cfg, input_name)
 
 
-def test_controlnet(workflows):
-    wf = workflows["controlnet_asag.json"]
+def test_controlnet(flat):
+    wf = flat["controlnet_asag.json"]
     (apply_cn,) = wc.nodes_of(wf, "ControlNetApplyAdvanced")
     canny = wc.source(wf, apply_cn, "image")[0]
     assert canny["type"] == "Canny" and wc.source(wf, canny, "image")[0]["type"] == "LoadImage"
@@ -418,8 +442,10 @@ def test_ipadapter_names_its_pack(workflows):
             assert not {n["type"] for n in workflows[other]["nodes"]} & set(wc.THIRD_PARTY_NODES), other
 
 
-def test_ablation_grid(workflows):
-    wf = workflows["ablation_asag.json"]
+def test_ablation_grid(workflows, flat):
+    """Five ASAGAdvanced settings and CFG only, each sampled, decoded and saved; each branch in a
+    subgraph of its own, its saved image at the root (the grid a user sees)."""
+    wf = flat["ablation_asag.json"]
     settings = set()
     for adv in wc.nodes_of(wf, "ASAGAdvanced"):
         settings.add((wc.widget(adv, "cost"), wc.widget(adv, "iterations")))
@@ -429,6 +455,12 @@ def test_ablation_grid(workflows):
     assert {c for c, _ in settings} == {"adversarial", "similarity", "uniform"}
     assert {i for c, i in settings if c == "adversarial"} == {1, 2, 5}
     assert len(settings) == len(wc.nodes_of(wf, "ASAGAdvanced")) >= 5, "every branch is a different setting"
+    root = workflows["ablation_asag.json"]
+    branches = [wc.source(root, save, "images")[0]["type"] for save in wc.nodes_of(root, "SaveImage")]
+    assert len(branches) == len(set(branches)) == len(wc.nodes_of(wf, "KSampler")) == 6
+    assert set(branches) == wt.subgraph_ids(root), "every saved image comes straight from its branch's subgraph"
+    for sub in root["definitions"]["subgraphs"]:
+        assert [n["type"] for n in sub["nodes"] if n["type"] in wc.SAMPLERS] == ["KSampler"], sub["name"]
 
 
 # ------------------------------------------------------------------------------------- the tables themselves

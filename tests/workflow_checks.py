@@ -23,6 +23,7 @@ from tests.workflow_graph import (  # noqa: F401  (the tests read them as wc.<na
     _nodes,
     adds_noise,
     consumers,
+    flatten,
     graph_summary,
     nodes_of,
     reaches_save,
@@ -335,6 +336,7 @@ def check_structure(wf) -> list[str]:
         errors.append("duplicate link ids")
     if link_ids and max(link_ids) > wf["last_link_id"]:
         errors.append(f"link id {max(link_ids)} > last_link_id {wf['last_link_id']}")
+    subgraphs = {sub["id"] for sub in wf.get("definitions", {}).get("subgraphs", [])}
     orders = sorted(n.get("order", -1) for n in wf["nodes"])
     if orders != list(range(len(wf["nodes"]))):
         errors.append(f"node 'order' values are not 0..{len(wf['nodes']) - 1}")
@@ -345,7 +347,7 @@ def check_structure(wf) -> list[str]:
                 errors.append(f"{where}: no {key!r}")
         if node.get("mode", 0) != 0:
             errors.append(f"{where}: mode {node['mode']} (muted or bypassed)")
-        if node.get("type") not in NOTE_TYPES and node.get("type") not in ("SaveImage", "PreviewImage"):
+        if node.get("type") not in (*NOTE_TYPES, "SaveImage", "PreviewImage", *subgraphs):
             if node.get("properties", {}).get("Node name for S&R") != node.get("type"):
                 errors.append(f"{where}: properties['Node name for S&R'] is not the node type")
     return errors

@@ -4,6 +4,8 @@ must keep when it saves it again. Shared by the static and the browser workflow 
 
 from __future__ import annotations
 
+import copy
+
 SAMPLERS = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced")
 
 
@@ -13,6 +15,67 @@ def _links(wf):
 
 def _nodes(wf):
     return {node["id"]: node for node in wf["nodes"]}
+
+
+SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20  # a subgraph's input and output nodes in its links
+
+
+def flatten(wf):
+    """What runs: ``wf`` with every subgraph node replaced by its definition's nodes (ids
+    ``"<subgraph node id>:<inner id>"``), their links joined through the subgraph's inputs (by name) and
+    outputs, as the frontend does when it makes the prompt. A subgraph node's non-zero mode (muted,
+    bypassed) goes to the nodes inside. Links get new ids; every input and output names its links again."""
+    definitions = {sub["id"]: sub for sub in wf.get("definitions", {}).get("subgraphs", [])}
+    nodes = copy.deepcopy(wf["nodes"])
+    links = [list(link) for link in wf["links"]]
+    while True:
+        instance = next((n for n in nodes if n["type"] in definitions), None)
+        if instance is None:
+            break
+        nodes, links = _expand(nodes, links, instance, definitions[instance["type"]])
+    links = [[i + 1, *link[1:]] for i, link in enumerate(links)]
+    _relink(nodes, links)
+    flat = {k: v for k, v in wf.items() if k != "definitions"}
+    flat.update(nodes=nodes, links=links)
+    return flat
+
+
+def _expand(nodes, links, instance, sub):
+    prefix = f"{instance['id']}:"
+    inner = copy.deepcopy(sub["nodes"])
+    for node in inner:
+        node["id"] = prefix + str(node["id"])
+        if instance.get("mode", 0):
+            node["mode"] = instance["mode"]
+    into = {instance["inputs"][link[4]]["name"]: link for link in links if link[3] == instance["id"]}
+    out_of = [link for link in links if link[1] == instance["id"]]
+    kept = [link for link in links if instance["id"] not in (link[1], link[3])]
+    for link in sub["links"]:
+        origin = (link["origin_id"], link["origin_slot"])
+        if link["origin_id"] == SUBGRAPH_INPUT:
+            feed = into.get(sub["inputs"][link["origin_slot"]]["name"])
+            if feed is None:
+                continue  # an input the subgraph node leaves open: the inner widget's own value
+            origin = (feed[1], feed[2])
+        else:
+            origin = (prefix + str(origin[0]), origin[1])
+        if link["target_id"] == SUBGRAPH_OUTPUT:
+            kept += [[None, *origin, out[3], out[4], out[5]] for out in out_of if out[2] == link["target_slot"]]
+        else:
+            kept.append([None, *origin, prefix + str(link["target_id"]), link["target_slot"], link["type"]])
+    return [n for n in nodes if n is not instance] + inner, kept
+
+
+def _relink(nodes, links):
+    by_id = {n["id"]: n for n in nodes}
+    for node in nodes:
+        for inp in node.get("inputs", []):
+            inp["link"] = None
+        for out in node.get("outputs", []):
+            out["links"] = []
+    for link_id, origin, origin_slot, target, target_slot, _ in links:
+        by_id[origin]["outputs"][origin_slot]["links"].append(link_id)
+        by_id[target]["inputs"][target_slot]["link"] = link_id
 
 
 def nodes_of(wf, node_type):

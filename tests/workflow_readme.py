@@ -21,8 +21,9 @@ from tests import workflow_templates as wt  # noqa: E402
 OWN_ROWS = {
     "sd15_asag.json": ("Load Checkpoint → ASAG → KSampler beside a CFG-only KSampler on the same seed (the A/B)",
                        "the CPU-sized demo the browser test runs"),
-    "ablation_asag.json": ("an ASAGAdvanced grid on one seed: adversarial with 1 / 2 / 5 iterations, similarity, "
-                           "uniform, and CFG only", "the paper's ablations, cheap enough to run as a grid"),
+    "ablation_asag.json": ("an ASAGAdvanced grid on one seed, one subgraph per branch above its image: adversarial "
+                           "with 1 / 2 / 5 iterations, similarity, uniform, and CFG only",
+                           "the paper's ablations, cheap enough to run as a grid"),
     "controlnet_asag.json": ("Canny ControlNet (core nodes) + ASAG",
                              ("a Canny ControlNet of core nodes at CPU size (the SD1.5 ControlNet template left the "
                               "index; the Flux, SD3.5 and Qwen-Image ControlNet templates need far larger models)")),
@@ -52,11 +53,19 @@ def asag_summary(wf) -> str:
     return text + (", inside the subgraph" if inside else "")
 
 
-def cost_cell(row_key, table) -> str:
+def cost_cell(row_key, table, counts="") -> str:
+    """The Note's cost in short: the pack's own numbers at ``auto`` (a whole adversarial row where the
+    family shares no prefix yet), whose row they are when it is another model's, or NOT_COUNTED."""
     if row_key is None or row_key not in table:
-        return f"{wn.COST_PLACEHOLDER}]"
-    auto = table[row_key]["layers"]["auto"]
-    return f"×{auto['node_ideal_over_cfg']:.2f} CFG / ×{auto['node_ideal_over_cfg1']:.2f} cfg 1"
+        return wn.NOT_COUNTED
+    row = table[row_key]
+    auto = row["layers"]["auto"]
+    text = f"×{auto['node_ideal_over_cfg']:.2f} CFG / ×{auto['node_ideal_over_cfg1']:.2f} cfg 1"
+    if not row["node_shares_prefix"]:
+        text += " (a whole row: no prefix sharing yet)"
+    if counts:  # counted on another model: its name, as the Note begins to say it
+        text += f" (on {counts.split(',')[0]})"
+    return text
 
 
 def workflow_table() -> str:
@@ -64,10 +73,10 @@ def workflow_table() -> str:
     lines = ["| workflow | template followed | family | min ComfyUI | what ASAG adds | cost per step (`auto`) |",
              "|---|---|---|---|---|---|"]
     for name in wc.TEMPLATE_WORKFLOW_FILES:
-        template_name, family, row_key, _ = wn.TEMPLATE_WORKFLOWS[name]
+        template_name, family, row_key, counts = wn.TEMPLATE_WORKFLOWS[name]
         version, _ = wn.min_comfyui(template_name)
         lines.append(f"| `{name}` | `{template_name}` ({wt.TEMPLATES_VERSION}) | {family} | {version} | "
-                     f"{asag_summary(wc.load(name))} | {cost_cell(row_key, table)} |")
+                     f"{asag_summary(wc.load(name))} | {cost_cell(row_key, table, counts)} |")
     for name, (shows, why) in OWN_ROWS.items():
         lines.append(f"| `{name}` | none: {why} | SD1.5 | {wt.PACK_MIN_COMFYUI} | {shows} | "
                      f"{cost_cell('sd15', table)} |")
