@@ -75,6 +75,7 @@ def start_host() -> Host | None:
     comfy.cli_args.args.cpu = True
     comfy.cli_args.args.disable_all_custom_nodes = False
     import comfy.model_management  # noqa: F401  (asserts CUDA unless --cpu was set first)
+
     # as main.py does before nodes.py puts comfy/ first on sys.path: ComfyUI's own utils package, so the
     # extras that import it (server -> utils.install_util) load in process (else `utils` is comfy/utils.py)
     import utils.extra_config  # noqa: F401

@@ -96,9 +96,8 @@ registry). A MarkdownNote in each names the template, the minimum ComfyUI, the A
 with links to every model file; the files and their folders are listed in
 [docs/workflows.md](docs/workflows.md). The four SD1.5 workflows follow no template: each Note says why.
 
-![wan22_14b_t2v_asag.json as it opens from the template browser of frontend 1.58.1](docs/screenshot_wan22_14b_t2v_asag.png)
-
-"""
+""" + ("![wan22_14b_t2v_asag.json as it opens from the template browser of frontend 1.58.1]"
+       "(docs/screenshot_wan22_14b_t2v_asag.png)\n\n")
 
 
 def workflows() -> str:
