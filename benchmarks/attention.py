@@ -5,7 +5,7 @@ Run from the repository root::
     python -m benchmarks.attention              # the issue's cases, the video case, the meta accounting
     python -m benchmarks.attention --quick      # N = 1024 only, no video case
     python -m benchmarks.attention --cases 4608x4x128 --methods sdpa,default,kernel
-    python -m benchmarks.attention --video-only # issue 18: 32,760 tokens, one head
+    python -m benchmarks.attention --video-only # 32,760 tokens, one head
 
 Cases are N x H x D (Nq = Nk = N, batch 1, float32, 1 torch thread, ``iterations=2``, ``lam=1``,
 cost "adversarial", inputs ``torch.randn``, layout (B, H, N, D) with ``skip_reshape`` /
@@ -250,7 +250,7 @@ def main(argv=None):
     if rows:
         print(_table(rows, header) + "\n")
     if video:
-        print(_table(video, "Video length (issue 18): 32,760 tokens, one head, D 128") + "\n")
+        print(_table(video, "Video length: 32,760 tokens, one head, D 128") + "\n")
     if meta:
         print("GPU cost counted on the meta device (bf16, batch 1; H100 time is an estimate: max(FLOPs / 600 "
               "TFLOP/s, bytes / 3 TB/s) + 5 us per kernel launch)\n")

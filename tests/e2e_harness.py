@@ -45,7 +45,7 @@ SD15_CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
 # Frontend 1.27.10 on a fresh profile throws this once while starting, with no custom nodes at
 # all too (reproduced with --disable-all-custom-nodes): not ours, tolerated only before the app is ready.
 STARTUP_PAGE_ERRORS = ("Cannot read properties of undefined (reading 'id')",)
-# Frontend 1.43.18 logs this once while starting, on its own (issue 21): tolerated only before ready.
+# Frontend 1.43.18 logs this once while starting, on its own: tolerated only before ready.
 STARTUP_CONSOLE_ERRORS = ("ComfyApp graph accessed before initialization",)
 # What a frontend logs when the page's Content Security Policy stops it reaching the outside world
 # (1.43.18 and 1.58.1 look an unknown node type up in the registry): outside requests are blocked anyway.
@@ -426,7 +426,7 @@ def open_dialogs(pg):
     return pg.evaluate("() => [...document.querySelectorAll('.p-dialog, [role=dialog]')].map(d => d.innerText)")
 
 
-# Where each frontend reports missing node types (issue 21): 1.27 a dialog, 1.43 an error overlay
+# Where each frontend reports missing node types: 1.27 a dialog, 1.43 an error overlay
 # (role=alert, "Some nodes are missing"), 1.58 a notification (role=status, "Missing node: <type>")
 MISSING_NOTICE_ROLE = {(1, 27): "dialog", (1, 43): "alert", (1, 58): "status"}
 

@@ -31,7 +31,7 @@ MODELS = {
     "sd15": ("auto",), "sdxl": ("auto",), "sd35_large": ("auto", "b7-b9"), "sd35_medium": ("auto", "b7-b9"),
     "flux_dev": ("auto", "single30"), "qwen_image": ("auto",), "wan22_14b": ("auto", "b2", "b9", "b10"),
     "wan22_5b": ("auto", "b2", "b9", "b10"), "ltxv": ("auto", "b14", "b19"), "hunyuan_video": ("auto", "double2"),
-    # issue 22: the models new in ComfyUI 0.22 (and Qwen-Image-Edit), counted there at their templates' shapes
+    # the models new in ComfyUI 0.22 (and Qwen-Image-Edit), counted there at their templates' shapes
     "flux2_dev": ("auto",), "flux2_klein_4b": ("auto",), "flux2_klein_9b": ("auto",), "zimage_turbo": ("auto",),
     "qwen_image_edit": ("auto",), "hunyuan_video15": ("auto",), "ltx2": ("auto", "b29"),
     "ltx2_hires": ("auto", "b29"), "kandinsky5": ("auto",), "kandinsky5_image": ("auto",),

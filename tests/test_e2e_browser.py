@@ -622,7 +622,7 @@ def test_chinese_interface(server, fresh_page):
     """Comfy.Locale = zh: the node titles as each version shows them, a new ASAG node's title, the
     Chinese tooltip of its model input, and the help page web/docs/ASAG/zh.md.
 
-    Titles differ by version (issue 21). Switched to Chinese on a blank start, 1.27 registers the node
+    Titles differ by version. Switched to Chinese on a blank start, 1.27 registers the node
     titles again in Chinese (ours from locales/zh, the core KSampler too) and 1.43 keeps the English
     ones, ours and the core's alike; once a graph has been loaded in the tab 1.43 translates them too.
     1.58 was seen doing both on blank starts (translated within seconds, or English after 5 s): there

@@ -1,4 +1,4 @@
-"""ASAG beside the guidance and sampling nodes ComfyUI ships (issue 22 item 2), through ComfyUI's KSampler.
+"""ASAG beside the guidance and sampling nodes ComfyUI ships, through ComfyUI's KSampler.
 
 * NAGuidance (Normalized Attention Guidance, ComfyUI 0.22; 0.3.64 has none) on Flux.1 and FLUX.2 Klein,
   in either order: both change the sample, each at its neutral setting equals the other alone, and the

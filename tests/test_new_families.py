@@ -1,4 +1,4 @@
-"""ASAG on the model families ComfyUI 0.22 ships (issue 22 item 1), sampled through ComfyUI's KSampler.
+"""ASAG on the model families ComfyUI 0.22 ships, sampled through ComfyUI's KSampler.
 
 Every family is a tiny checkpoint loaded by ComfyUI itself (tests/tiny_families.py). Per family:
 

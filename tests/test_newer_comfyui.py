@@ -1,4 +1,4 @@
-"""Newer than 0.22 (issue 22 item 3): the newest stored upstream ComfyUI files, emulated on both real hosts.
+"""Newer than 0.22: the newest stored upstream ComfyUI files, emulated on both real hosts.
 
 Each section reproduces, with stand-ins of our own (no ComfyUI code copied), what the pack must handle in
 one newer model, inside a tiny model ComfyUI loads and samples on 0.3.64 and on 0.22:

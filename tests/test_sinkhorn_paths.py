@@ -344,7 +344,7 @@ def test_blocked_softmax_blocks_give_the_plan():
 
 
 # ---------------------------------------------------------------------------
-# video length (issue 18): Wan 2.1/2.2 at 480p x 81 frames is 32,760 tokens
+# video length: Wan 2.1/2.2 at 480p x 81 frames is 32,760 tokens
 # ---------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""ASAG in the video workflows of ComfyUI's templates (issue 18), on tiny random-weight models
+"""ASAG in the video workflows of ComfyUI's templates, on tiny random-weight models
 (tests/tiny_dits.py) sampled through ComfyUI's own nodes.
 
 - the Wan 2.2 14B two-expert handover as ``video_wan2_2_14B_t2v`` wires it: ModelSamplingSD3

@@ -1,4 +1,4 @@
-"""The video workflows made from ComfyUI's official templates: what issue 23 asked each to keep.
+"""The video workflows made from ComfyUI's official templates: what each keeps of its template.
 
 test_workflows.py checks every template workflow against its installed template (settings, files,
 prompts, modes); these name the video templates' own points: Wan 2.2 14B's two experts at shift 5 with

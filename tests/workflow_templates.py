@@ -394,7 +394,7 @@ def loader_files(wf) -> list[tuple[str, str, str]]:
 # bounds being every root node with its title bar plus FIT_PADDING (LGraphCanvas.fitToBounds with its
 # default zoom, createBounds' padding); below about 0.6 it draws nodes as empty boxes.
 FIT_ZOOM, FIT_PADDING, FIT_MIN_SIDE = 0.75, 10, 300
-FIT_TARGET = 0.6  # the scale each workflow should open at (issue 23)
+FIT_TARGET = 0.6  # the scale each workflow should open at in the newest frontend
 WINDOW = (1600, 1000)
 TITLE_HEIGHT = 30
 NOTE_WIDTH = 400
