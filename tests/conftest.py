@@ -13,6 +13,10 @@ import comfy_host  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# ``tests`` is this folder (a namespace package); ComfyUI's root has a regular ``tests`` package, which
+# would win once the host puts that root on sys.path. Importing ours now binds the name for the session.
+import tests  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
