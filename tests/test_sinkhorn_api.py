@@ -154,6 +154,9 @@ def test_gqa_errors_name_what_is_wrong():
     with pytest.raises(ValueError) as err:  # flat layout: k's inner size is no whole number of heads
         adversarial_attention(_tokens(q), torch.zeros(2, 7, 12), torch.zeros(2, 7, 12), 6, enable_gqa=True)
     assert str(err.value) == "with enable_gqa, k's last dim 12 is not a multiple of the head dim 8"
+    with pytest.raises(ValueError) as err:  # v's inner size is no whole number of k's 2 heads
+        adversarial_attention(_tokens(q), torch.zeros(2, 7, 16), torch.zeros(2, 7, 15), 6, enable_gqa=True)
+    assert str(err.value) == "the last dim 15 of v is not divisible by heads=2"
     with pytest.raises(ValueError) as err:
         _attn(q, k, v, enable_gqa=1)
     assert str(err.value) == "enable_gqa must be True or False, got 1"

@@ -120,6 +120,17 @@ def test_dense_max_elements_is_the_boundary():
     assert _path(*_qkv(b, h, nq + 1, 64, d)) == "blocked"
 
 
+def test_the_memory_budget_counts_the_work_dtype():
+    """Off CPU and CUDA the dense path runs while its temporaries fit the budget: 4 of 1 x 8 x 1024 x 1536
+    elements are 201 MB in float32 (the work dtype of bf16, fp16, fp32) and 403 MB in float64."""
+    mps, shape = torch.device("mps"), (1, 8, 1024, 1536, 64, 64)
+    temporaries = paths.DENSE_PEAK_TEMPORARIES * 8 * 1024 * 1536
+    assert temporaries * 4 <= paths.DEFAULT_MEMORY_BUDGET_BYTES < temporaries * 8
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        assert paths.choose(mps, dtype, *shape) == "dense"
+    assert paths.choose(mps, torch.float64, *shape) == "blocked"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_meta_takes_the_cuda_path(dtype):
     q, k, v = (torch.empty(1, 8, 512, 64, device="meta", dtype=dtype) for _ in range(3))

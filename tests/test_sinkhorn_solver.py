@@ -160,3 +160,18 @@ def test_the_kernels_value_for_an_empty_line_does_not_matter(value):
     q, k, v, multiplier, bias, dense = _problem(m)
     out = sk.attention_heads(q, k, v, multiplier, m, 2, "kernel", 16, kernels={"flash": call, "efficient": call})
     torch.testing.assert_close(out, sk.attention_heads(q, k, v, multiplier, m, 2, "dense"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [-1, -2, 2, 3])
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_admissible_over_several_row_blocks_equals_one_reduction(dim, kind):
+    """``admissible`` reduces the mask in blocks of 2**24 elements of query rows: over 4097 x 4096
+    keys that is two blocks, and a column whose only pair lies in the second block stays admissible."""
+    keep = torch.rand(1, 1, 4097, 4096, generator=torch.Generator().manual_seed(2)) > 0.999
+    keep[..., 5] = False  # an empty column
+    keep[..., 7] = False
+    keep[..., -1, 7] = True  # a column whose only pair is in the last row (the second block)
+    keep[..., 9, :] = False  # an empty row
+    bias = keep if kind == "bool" else torch.zeros(keep.shape).masked_fill_(~keep, float("-inf"))
+    got = admissible(bias, dim)
+    assert got is not None and torch.equal(got, keep.any(dim=dim, keepdim=True))
