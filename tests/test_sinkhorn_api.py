@@ -127,21 +127,32 @@ def test_fewer_kv_heads_without_enable_gqa_is_an_error_that_says_so():
         sinkhorn_plan(q, k)
 
 
-@pytest.mark.parametrize("kshape,hint", [
-    ((2, 1, 7, 8), True),  # one kv head for six query heads: groupable
-    ((2, 3, 7, 8), True),
-    ((2, 4, 7, 8), False),  # 6 heads are no whole number of groups of 4
-    ((2, 12, 7, 8), False),  # more kv heads than query heads
-    ((1, 2, 7, 8), False),  # another batch
-    ((2, 2, 7, 4), False),  # another head dim
+@pytest.mark.parametrize("enable_gqa", [False, True])
+def test_k_without_heads_is_a_value_error(enable_gqa):
+    q, k = _randn(2, 6, 9, 8), torch.zeros(2, 0, 7, 8)
+    with pytest.raises(ValueError) as err:
+        _attn(q, k, k, enable_gqa=enable_gqa)
+    what = ("with enable_gqa, q's head count must be a multiple of k's" if enable_gqa
+            else "q and k must agree in batch, heads and head dim")
+    assert str(err.value) == f"{what}: q (2, 6, 9, 8) vs k (2, 0, 7, 8)"
+
+
+@pytest.mark.parametrize("kshape,hint,q_tokens", [
+    ((2, 1, 7, 8), True, 9),  # one kv head for six query heads: groupable
+    ((2, 3, 7, 8), True, 2),  # fewer query tokens than heads: the hint reads heads, not tokens
+    ((2, 4, 7, 8), False, 9),  # 6 heads are no whole number of groups of 4
+    ((2, 12, 7, 8), False, 9),  # more kv heads than query heads
+    ((1, 2, 7, 8), False, 9),  # another batch
+    ((2, 2, 7, 4), False, 9),  # another head dim
 ])
-def test_the_enable_gqa_hint_only_where_grouping_would_work(kshape, hint):
-    q = _randn(2, 6, 9, 8)
+def test_the_enable_gqa_hint_only_where_grouping_would_work(kshape, hint, q_tokens):
+    q = _randn(2, 6, q_tokens, 8)
     k = _randn(*kshape, seed=1)
     with pytest.raises(ValueError) as err:
         _attn(q, k, k)
     assert str(err.value).endswith(" (k with fewer heads than q needs enable_gqa=True)") == hint
-    assert str(err.value).startswith(f"q and k must agree in batch, heads and head dim: q (2, 6, 9, 8) vs k {kshape}")
+    assert str(err.value).startswith(
+        f"q and k must agree in batch, heads and head dim: q (2, 6, {q_tokens}, 8) vs k {kshape}")
 
 
 def test_gqa_errors_name_what_is_wrong():
