@@ -129,6 +129,8 @@ def test_the_memory_budget_counts_the_work_dtype():
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         assert paths.choose(mps, dtype, *shape) == "dense"
     assert paths.choose(mps, torch.float64, *shape) == "blocked"
+    # exactly at the budget: 4 x 8 bytes x 2**23 elements is 256 MiB, which still fits
+    assert paths.choose(mps, torch.float64, 1, 8, 1024, 1024, 64, 64) == "dense"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
