@@ -210,11 +210,14 @@ def _heads_buffer(x, heads, width):
 
 def _bias_block(mask, rows, cols, transpose, dtype, rows_pad):
     """The thresholded additive block mask[..., rows, cols] (transposed if asked) in ``dtype``, its last
-    dim padded in memory to a multiple of 16 elements (the efficient kernel's alignment)."""
+    dim padded in memory to a multiple of 16 elements (the efficient kernel's alignment).
+
+    Thresholded in float32, the other paths' work dtype, before it is rounded to ``dtype``: bf16 would
+    round a bias of -999 to the threshold, -1000, and mask a pair the other paths keep."""
     block = mask[..., rows, cols]
     block = block.transpose(-1, -2) if transpose else block
     out = torch.empty(block.shape[:-1] + (rows_pad,), dtype=dtype, device=block.device)[..., : block.shape[-1]]
-    out.copy_(masked_bias(additive(block, dtype)))
+    out.copy_(masked_bias(additive(block, torch.float32)))
     return out
 
 

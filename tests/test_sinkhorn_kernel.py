@@ -179,6 +179,72 @@ def test_bf16_with_a_query_axis_mask_equals_dense():
         torch.testing.assert_close(out.float(), _dense(q, k, v, mask=m), atol=2e-2, rtol=2e-2)
 
 
+def test_a_mask_is_thresholded_before_bf16_rounds_it():
+    """-999 is a bias (the threshold is -1000) that bf16 rounds to -1000: the kernel path keeps the pair,
+    as the dense path does, instead of masking the row."""
+    q, k, v = _qkv(1, 1, 8, 8, 16, seed=11, dtype=torch.bfloat16)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 3, :] = -999.0
+    assert torch.tensor(-999.0).bfloat16().item() == MASK_THRESHOLD
+    out = _kernel(q, k, v, mask=mask, chunk_size=16).float()
+    dense = _dense(q, k, v, mask=mask)
+    assert dense[..., 3, :].abs().max() > 0.1
+    torch.testing.assert_close(out, dense, atol=2e-2, rtol=2e-2)
+
+
+def test_a_float64_mask_is_read_in_the_work_dtype_on_every_path():
+    """A float64 key-padding value of -999.99999999 is -1000 in float32, the work dtype: masked on the
+    kernel path, the dense path and in ``sinkhorn_plan`` alike."""
+    q, k, v = _qkv(1, 1, 6, 5, 8, seed=12)
+    mask = torch.zeros(1, 1, 1, 5, dtype=torch.float64)
+    mask[..., 2] = -999.99999999
+    as_bool = torch.ones(1, 1, 1, 5, dtype=torch.bool)
+    as_bool[..., 2] = False
+    torch.testing.assert_close(_kernel(q, k, v, mask=mask), _dense(q, k, v, mask=as_bool))
+    torch.testing.assert_close(_dense(q, k, v, mask=mask), _dense(q, k, v, mask=as_bool))
+    plan = sk.sinkhorn_plan(q, k, mask=mask)
+    assert torch.equal(plan, sk.sinkhorn_plan(q, k, mask=as_bool)) and plan[..., 2].abs().max() == 0
+
+
+def test_fp16_runs_at_a_small_lam():
+    """At lam 1e-3 the potentials' unit u = 3**13 passes fp16's range; the buffers hold it."""
+    q, k, v = _qkv(1, 2, 16, 16, 64, seed=13, dtype=torch.float16)
+    out = _kernel(q, k, v, lam=1e-3)
+    torch.testing.assert_close(out.float(), _dense(q, k, v, lam=1e-3), atol=2e-2, rtol=2e-2)
+
+
+def test_fp16_sums_of_large_inputs_make_no_nan():
+    """NaN in q, k or v reaches the output as in SDPA, found through sums: those of large fp16 values
+    (a q row of 30,000s, k of 10,000s, a v column of 30,000s) must not overflow into a NaN the inputs
+    do not have."""
+    for which in range(3):
+        q, k, v = _qkv(1, 1, 4, 4, 8, seed=14, dtype=torch.float16)
+        if which == 2:
+            v[..., 1] = 30000.0
+        else:
+            (q, k)[which][..., 1, :] = 30000.0 if which == 0 else 10000.0
+            (k, q)[which].mul_(1e-4)  # keep the logits small: the other input scaled down
+        out = _kernel(q, k, v, iterations=0)
+        assert not out.isnan().any(), which
+
+
+def test_the_head_dims_the_kernel_path_takes():
+    """D + 3 (the potentials' extra dims) up to 256: D = Dv = 253 is the largest head the path takes."""
+    assert kernel.padded_dim(5, 0) == 8
+    q = torch.empty(1, 1, 4, 253, device="meta")
+    assert sk.attention_path(q, q, q, 1, skip_reshape=True, path="kernel") == "kernel"
+    q = torch.empty(1, 1, 4, 254, device="meta")
+    with pytest.raises(ValueError, match="cannot run this call"):
+        sk.attention_path(q, q, q, 1, skip_reshape=True, path="kernel")
+
+
+def test_attention_path_needs_enable_gqa_as_the_call_does():
+    q, k = torch.zeros(1, 4, 8, 8), torch.zeros(1, 2, 8, 8)
+    with pytest.raises(ValueError, match="enable_gqa"):
+        sk.attention_path(q, k, k, 4, skip_reshape=True)
+    assert sk.attention_path(q, k, k, 4, skip_reshape=True, enable_gqa=True) == "dense"
+
+
 # ---------------------------------------------------------------------------
 # the meta device: the CUDA path, counted
 # ---------------------------------------------------------------------------
