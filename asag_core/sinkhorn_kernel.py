@@ -46,10 +46,16 @@ the row passes (a masked key gets :math:`t^{(1)} = -\infty`) and shifts the
 column lse of its key. A mask with a query axis goes to the efficient kernel
 as its bias, in blocks of rows (columns, transposed, for the column pass) of
 at most :data:`BIAS_BYTES`, thresholded at
-:data:`~asag_core.sinkhorn_common.MASK_THRESHOLD` on the block. A kernel returns
+:data:`~asag_core.sinkhorn_common.MASK_THRESHOLD` on the block in float32, before it is
+rounded to the input dtype (as the other paths read it). A kernel returns
 a finite log-sum-exp (not :math:`-\infty`) for a line without an admissible
 pair, so this backend tells the solver which lines are admissible (``row_ok``,
 ``col_ok``) and the solver sets their potentials to 0, as on every path.
+
+Range. In fp16 the parts of :math:`t` must stay within 65,504 in magnitude: a potential
+beyond it (logits of order :math:`10^5`, e.g. the similarity cost on unnormalised inputs)
+overflows the first part and its line is wrong, without a warning. bf16 and float32 have the
+range; the dense and blocked paths work in float32.
 
 Which kernel: the flash kernel for fp16/bf16 inputs without a query-axis mask,
 else the efficient one (also float32). On the meta device the same calls run
