@@ -10,6 +10,7 @@ its own tests too (test_sinkhorn_kernel.py).
 """
 
 import math
+import warnings
 
 import numpy as np
 import ot
@@ -247,11 +248,26 @@ def test_blocked_buffers_follow_the_memory_budget():
     for h, nq, nk in ((24, 1024, 1024), (4, 4608, 4608), (1, 32760, 32760), (3, 13, 9)):
         for budget in (1, 4096, 1 << 20, 1 << 24, 1 << 28, HUGE):
             rows, group, cached = geometry(h, nq, nk, 256, 4, budget)
+            assert all(type(x) is int for x in (rows, group, cached)), (rows, group, cached)  # sizes and ranges
             assert 1 <= rows <= min(256, nq) and 1 <= group <= h and 0 <= cached <= nq
             buffers = group * (rows + cached) * nk * 4
             assert buffers <= max(min(CACHE_BYTES, budget // 2), nk * 4), (h, nq, nk, budget)
             if cached:  # the cached rows are whole blocks, or all rows
                 assert cached == nq or cached % rows == 0
+    # streamed (no cache) with the rows asked for: still whole numbers
+    assert all(type(x) is int for x in geometry(8, 512, 512, 512, 4, HUGE, 0))
+
+
+def test_a_partial_last_group_of_heads_reuses_the_buffers_as_they_are():
+    """Heads in groups of 2 with 3 heads: the last group takes the first rows of the buffers (a resize
+    would warn, which the filter makes an error), and the output is the dense path's."""
+    q, k, v = _qkv(1, 3, 64, 64, 8, seed=41)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = adversarial_attention(q, k, v, 3, skip_reshape=True, skip_output_reshape=True, path="blocked",
+                                    chunk_size=16, memory_budget_bytes=16384)
+    dense = adversarial_attention(q, k, v, 3, skip_reshape=True, skip_output_reshape=True, path="dense")
+    torch.testing.assert_close(out, dense)
 
 
 def _largest_allocation(fn) -> int:

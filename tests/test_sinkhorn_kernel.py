@@ -206,6 +206,23 @@ def test_a_float64_mask_is_read_in_the_work_dtype_on_every_path():
     assert torch.equal(plan, sk.sinkhorn_plan(q, k, mask=as_bool)) and plan[..., 2].abs().max() == 0
 
 
+def test_the_split_is_three_parts_of_the_input_dtype():
+    t = torch.tensor([1 / 3, -7.123456, float("-inf")])
+    parts = kernel._split(t, torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in parts)
+    total = sum(p[:2].double() for p in parts)
+    assert ((total - t[:2].double()).abs() <= 2.0**-20 * t[:2].double().abs()).all()
+    assert parts[0][2] == float("-inf") and parts[1][2] == 0 and parts[2][2] == 0
+
+
+def test_row_lse_with_a_query_axis_mask_stays_float32_in_bf16():
+    q, k, v = _qkv(1, 1, 8, 8, 8, seed=15, dtype=torch.bfloat16)
+    mask = _randn(1, 1, 8, 8, seed=16)
+    backend = kernel.KernelBackend(q, k, v, -0.35, mask, 8, kernel.CPU_KERNELS)
+    lse = backend.row_lse(None)
+    assert lse.dtype == torch.float32
+
+
 def test_fp16_runs_at_a_small_lam():
     """At lam 1e-3 the potentials' unit u = 3**13 passes fp16's range; the buffers hold it."""
     q, k, v = _qkv(1, 2, 16, 16, 64, seed=13, dtype=torch.float16)
