@@ -301,6 +301,26 @@ def test_a_failing_kernel_path_runs_the_blocked_path_for_that_call_only():
     assert len(calls) == 5 and torch.equal(again, _attn(q, k, v, path="kernel", mask=mask))
 
 
+def test_a_query_axis_mask_makes_one_kernel_call_per_row_block_and_failures_name_the_kernel():
+    q, k, v = _qkv(1, 3, 40, 24, 8, seed=10)
+    mask = torch.rand(1, 1, 40, 24, generator=torch.Generator().manual_seed(3)) > 0.3
+    mask[..., 0] = True
+    calls = []
+    out = _heads_call(q, k, v, "blocked", _counting(calls), chunk_size=16, mask=mask)
+    assert calls == [(1, 3, 16, 8), (1, 3, 16, 8), (1, 3, 8, 8)]  # the output pass: 40 rows in blocks of 16
+    torch.testing.assert_close(out, _attn(q, k, v, path="dense", mask=mask), atol=1e-5, rtol=1e-5)
+    for path, message in (
+        ("blocked", "ASAG: PyTorch's fused CPU attention kernel failed (flash: no kernel image); this call "
+                    "computes its output by blocks"),
+        ("kernel", "ASAG: a fused attention kernel failed (efficient: no kernel image); this call runs the "
+                   "blocked path"),
+    ):
+        with pytest.warns(RuntimeWarning) as caught:
+            _heads_call(q, k, v, path, _counting([], fail=True), chunk_size=16 if path == "blocked" else None,
+                        mask=mask)
+        assert [str(w.message) for w in caught] == [message]
+
+
 def test_errors_that_are_not_the_kernels_are_not_swallowed():
     # only a kernel's own RuntimeError sends a call elsewhere: a wrong argument is still an error
     q, k, v = _qkv(1, 2, 30, 20, 8, seed=9)
