@@ -167,6 +167,8 @@ def test_query_axis_mask_blocks_follow_bias_bytes():
     assert kernel.mask_rows(q, k, mask.expand(2, 3, 40, 30)) == kernel.BIAS_BYTES // (2 * 3 * 40 * 4)
     assert kernel.mask_rows(k, q, mask) == kernel.BIAS_BYTES // (2 * 40 * 4)  # 30 queries, 40 keys
     assert kernel.mask_rows(q.bfloat16(), k, mask) == kernel.BIAS_BYTES // (2 * 40 * 2)
+    long = torch.empty(1, 1, kernel.BIAS_BYTES, 8, device="meta")  # one row of bias is over BIAS_BYTES
+    assert kernel.mask_rows(long, long, torch.empty(1, 1, 2, kernel.BIAS_BYTES, device="meta")) == 1
 
 
 def test_bf16_with_a_query_axis_mask_equals_dense():
@@ -204,6 +206,8 @@ def test_a_float64_mask_is_read_in_the_work_dtype_on_every_path():
     torch.testing.assert_close(_dense(q, k, v, mask=mask), _dense(q, k, v, mask=as_bool))
     plan = sk.sinkhorn_plan(q, k, mask=mask)
     assert torch.equal(plan, sk.sinkhorn_plan(q, k, mask=as_bool)) and plan[..., 2].abs().max() == 0
+    rows = mask.expand(1, 1, 6, 5).clone()  # with a query axis: the bias blocks of the efficient kernel
+    torch.testing.assert_close(_kernel(q, k, v, mask=rows), _dense(q, k, v, mask=as_bool))
 
 
 def test_the_split_is_three_parts_of_the_input_dtype():

@@ -321,6 +321,14 @@ def test_a_query_axis_mask_makes_one_kernel_call_per_row_block_and_failures_name
         assert [str(w.message) for w in caught] == [message]
 
 
+def test_the_blocked_geometry_counts_heads_not_rows():
+    """4 heads of 2 rows: the geometry puts all 4 heads in one group, so the fused output pass is one call."""
+    q, k, v = _qkv(1, 4, 2, 2, 8, seed=11)
+    calls = []
+    _heads_call(q, k, v, "blocked", _counting(calls), chunk_size=1)
+    assert calls == [(1, 4, 2, 8)]
+
+
 def test_errors_that_are_not_the_kernels_are_not_swallowed():
     # only a kernel's own RuntimeError sends a call elsewhere: a wrong argument is still an error
     q, k, v = _qkv(1, 2, 30, 20, 8, seed=9)
