@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from asag_core import adversarial_attention, attention_path, sinkhorn_plan
 from asag_core.sinkhorn import COSTS
-from asag_core.sinkhorn_blocked import CACHE_BYTES, geometry
+from asag_core.sinkhorn_blocked import BLOCK_ELEMENTS, CACHE_BYTES, ROW_BLOCK_ELEMENTS, geometry
 
 HUGE = 1 << 62  # a memory budget nothing exceeds
 
@@ -268,6 +268,32 @@ def test_a_partial_last_group_of_heads_reuses_the_buffers_as_they_are():
                                     chunk_size=16, memory_budget_bytes=16384)
     dense = adversarial_attention(q, k, v, 3, skip_reshape=True, skip_output_reshape=True, path="dense")
     torch.testing.assert_close(out, dense)
+
+
+def _check_geometry_is_maximal(h, nq, nk, asked, budget, cache_bytes, size=4):
+    rows, group, cached = geometry(h, nq, nk, asked, size, budget, cache_bytes)
+    limit = min(CACHE_BYTES if cache_bytes is None else cache_bytes, budget // 2)
+    rows_fit = [r * nk <= ROW_BLOCK_ELEMENTS and 2 * r * nk * size <= budget for r in (rows, rows + 1)]
+    assert rows == min(asked, nq) or (rows_fit[0] or rows == 1) and not rows_fit[1]
+    block, head = rows * nk * size, nq * nk * size
+    assert cached == nq or head + block > limit  # a group caches all its logits when one head's fit
+    if cached == nq and group * (head + block) <= limit:  # whole heads cached
+        assert group == h or (group + 1) * (head + block) > limit
+        return
+    group_fits = [g * rows * nk <= BLOCK_ELEMENTS and 2 * g * block <= budget for g in (group, group + 1)]
+    assert group == h or (group_fits[0] or group == 1) and not group_fits[1]
+    assert cached % rows == 0 or cached == nq
+    assert cached == nq or group * (cached + rows) * nk * size + group * block > limit
+
+
+@pytest.mark.parametrize("cache_bytes", [None, 0, 20479, 19456, 1 << 16])
+def test_blocked_geometry_takes_as_much_as_its_bounds_allow(cache_bytes):
+    """Each size is the largest its documented bounds allow: one more row per block, head per group or
+    cached block would break a bound (or the size is already all there is)."""
+    for h, nq, nk, asked in ((24, 1024, 1024, 256), (4, 4608, 4608, 256), (1, 64, 64, 64), (8, 64, 64, 16),
+                             (1, 60, 64, 16), (1, 256, 64, 256), (1, 1 << 21, 1, 1 << 21), (1 << 20, 1, 1, 1)):
+        for budget in (1 << 15, 1 << 16, 1 << 20, 1 << 28, HUGE):
+            _check_geometry_is_maximal(h, nq, nk, asked, budget, cache_bytes)
 
 
 def _largest_allocation(fn) -> int:
