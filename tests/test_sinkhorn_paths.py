@@ -247,6 +247,22 @@ def test_blocked_passes_allocate_no_block_sized_temporaries():
     assert large_allocations(2048) <= 3
 
 
+def test_cached_logits_passes_allocate_nothing_per_iteration():
+    # with the logits cached (no chunk_size), each pass reads the cache into the reused block buffer: more
+    # iterations make no more allocations of a block's size
+    q, k, v = _qkv(1, 2, 512, 512, 4, seed=7)
+    rows, group, cached = blocked.geometry(2, 512, 512, blocked.DEFAULT_ROWS, 4, paths.DEFAULT_MEMORY_BUDGET_BYTES)
+    assert cached == 512
+    block = group * rows * 512 * 4
+
+    def large_allocations(iterations):
+        with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as prof:
+            _attn(q, k, v, path="blocked", iterations=iterations)
+        return sum(1 for e in prof.function_events if e.cpu_memory_usage >= block and not e.cpu_children)
+
+    assert large_allocations(1) == large_allocations(4)
+
+
 def _counting(calls, fail=False):
     """Kernels of the CPU contract that record each call (and raise, if ``fail``)."""
     def call(q, k, v, bias, scale):
