@@ -60,6 +60,15 @@ class Host:
         return sys.modules[self.pack_module_name]
 
 
+def comfyui_version(root) -> tuple:
+    """The version of the ComfyUI at ``root`` (its comfyui_version.py), as a tuple of ints."""
+    with open(os.path.join(root, "comfyui_version.py"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return tuple(int(p) for p in line.split("=")[1].strip().strip("\"'").split("."))
+    raise ValueError(f"no __version__ in {root}/comfyui_version.py")
+
+
 @functools.lru_cache(maxsize=1)
 def start_host() -> Host | None:
     root = find_comfyui()

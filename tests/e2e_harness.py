@@ -31,7 +31,7 @@ if ROOT not in sys.path:
 
 from tests import workflow_checks as wc  # noqa: E402
 from tests import workflow_templates as wt  # noqa: E402
-from tests.comfy_host import HOW_TO, find_comfyui  # noqa: E402
+from tests.comfy_host import HOW_TO, comfyui_version, find_comfyui  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -56,12 +56,6 @@ NEWEST_FRONTEND = "1.58.1"
 NEWEST_FRONTEND_FROM = (0, 22, 0)
 HOW_TO_NEWEST = (f"set ASAG_NEWEST_FRONTEND_DIR to a folder holding comfyui-frontend-package=={NEWEST_FRONTEND}: "
                  f"pip install --no-deps --target DIR comfyui-frontend-package=={NEWEST_FRONTEND} (.ci/run does this)")
-
-
-def comfyui_version(comfy_root) -> tuple:
-    with open(os.path.join(comfy_root, "comfyui_version.py"), encoding="utf-8") as f:
-        text = f.read()
-    return tuple(int(p) for p in text.split("__version__", 1)[1].split('"')[1].split("."))
 
 
 def pinned_frontend(comfy_root) -> str:
@@ -373,7 +367,7 @@ def browser_context(pw, server, profile):
 
 def open_page(context, server, pg=None):
     """The editor in a page of ``context`` (a new tab unless ``pg`` is given), ready, recording what it
-    reports, with ``page.startup_dialogs``."""
+    reports, with ``page.startup_dialogs`` and ``page.frontend`` (its version, a tuple)."""
     pg = pg or context.new_page()
     events = Events(server.url)
     pg.on("console", lambda m: events.items.append((f"console.{m.type}", m.text)))
@@ -388,6 +382,7 @@ def open_page(context, server, pg=None):
     pg.startup_dialogs = open_dialogs(pg)
     close_overlays(pg)
     pg.events = events
+    pg.frontend = frontend_version(pg)
     return pg
 
 

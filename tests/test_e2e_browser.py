@@ -128,22 +128,17 @@ def server(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(server, tmp_path_factory):
     with h.editor(server, str(tmp_path_factory.mktemp("chromium-profile"))) as pg:
-        pg.frontend = h.frontend_version(pg)
         yield pg
 
 
 def runs_here(server, name) -> bool:
     """Can this host run workflow ``name``: is it at or above the version the workflow needs?"""
-    if name not in wc.TEMPLATE_WORKFLOWS:
-        return True
-    version, _ = wn.min_comfyui(wc.TEMPLATE_WORKFLOWS[name][0])
-    return server.host_version >= wt.version_tuple(version)
+    return server.host_version >= wn.needs_comfyui(name)
 
 
 def lacking(server, wf) -> set:
     """The node types of ``wf`` (subgraphs included) this host does not have."""
-    types = {n["type"] for n in wt.all_nodes(wf)} - wt.subgraph_ids(wf) - set(wc.FRONTEND_TYPES)
-    return types - server.node_types
+    return wc.node_types(wf) - server.node_types
 
 
 # ------------------------------------------------------------------------------------- tests
@@ -596,9 +591,7 @@ def fresh_page(server, page, tmp_path_factory):
     """The editor in a browser of its own with a new profile: a blank start, no workflow restored."""
     context = h.browser_context(page.playwright, server, str(tmp_path_factory.mktemp("chromium-fresh")))
     try:
-        pg = h.open_page(context, server, context.pages[0] if context.pages else None)
-        pg.frontend = h.frontend_version(pg)
-        yield pg
+        yield h.open_page(context, server, context.pages[0] if context.pages else None)
     finally:
         context.close()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 
+import comfy_host
 import pytest
 import sampling
 import tiny_dits
@@ -54,7 +55,7 @@ def subject(name) -> Subject:
 
 @pytest.fixture(scope="module")
 def version(host):
-    return tf.host_version(host.root)
+    return comfy_host.comfyui_version(host.root)
 
 
 def asag(host, model, path="fast", scale=1.5):

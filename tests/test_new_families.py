@@ -16,6 +16,7 @@ absent there (``NEW_IN_0_22``); a family it has is sampled.
 
 from __future__ import annotations
 
+import comfy_host
 import pytest
 import sampling
 import tiny_checkpoints as tc
@@ -34,7 +35,7 @@ S2V_UNREACHABLE_BEFORE = (0, 22, 0)
 
 @pytest.fixture(scope="module")
 def version(host):
-    return tf.host_version(host.root)
+    return comfy_host.comfyui_version(host.root)
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@ Two kinds of workflow (tests/workflow_checks.py): those made from ComfyUI's offi
 (comfyui-workflow-templates, installed from the registry at test time, ASAG_TEMPLATES_DIR) and four
 SD1.5 workflows of this pack's own. A template workflow must be exactly what tests/workflow_notes.py
 builds from the installed template, and with its ASAG nodes and Note taken out its settings must be the
-template's, so a drifted setting, file, prompt or mode fails here. Node definitions, where a host is
-found, are checked in test_workflow_hosts.py... (see test_workflow_definitions below).
+template's, so a drifted setting, file, prompt or mode fails here. Against a real ComfyUI (found as
+tests/comfy_host.py finds it): the template workflows' node types exist where they run
+(``host``-marked), and the SD1.5 workflows' nodes match their definitions.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tests import workflow_checks as wc
 from tests import workflow_notes as wn
 from tests import workflow_readme as wr
 from tests import workflow_templates as wt
-from tests.comfy_host import start_host
+from tests.comfy_host import comfyui_version, start_host
 
 
 @functools.lru_cache(maxsize=1)
@@ -284,14 +285,12 @@ def test_template_node_types_exist_where_the_workflow_runs(name, host, workflows
     inputs pass is ComfyUI's own /prompt validation, in test_e2e_browser). Below it (0.3.64 for the
     workflows whose templates ask for a later ComfyUI) the workflow is validated on the newer host only."""
     _, specs = _host_specs()
-    wf = workflows[name]
-    version, _ = wn.min_comfyui(wn.TEMPLATE_WORKFLOWS[name][0])
-    types = {n["type"] for n in wt.all_nodes(wf)} - wt.subgraph_ids(wf) - set(wc.FRONTEND_TYPES)
+    types, version = wc.node_types(workflows[name]), comfyui_version(host.root)
     unknown = sorted(types - set(specs))
-    if wt.version_tuple(wc.host_version(host)) >= wt.version_tuple(version):
-        assert not unknown, f"ComfyUI {wc.host_version(host)} (>= {version}) lacks {unknown} for {name}"
+    if version >= wn.needs_comfyui(name):
+        assert not unknown, f"ComfyUI {version} (>= {wn.needs_comfyui(name)}) lacks {unknown} for {name}"
     else:
-        assert types & set(specs), f"{name}: ComfyUI {wc.host_version(host)} knows none of its nodes"
+        assert types & set(specs), f"{name}: ComfyUI {version} knows none of its nodes"
 
 
 # ------------------------------------------------------------------------------------- this pack's SD1.5 workflows

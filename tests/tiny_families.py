@@ -21,7 +21,6 @@ A family exists only where the running ComfyUI has its supported_models class: :
 from __future__ import annotations
 
 import inspect
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -523,15 +522,6 @@ NEW_IN_0_22 = frozenset({
     "hidream_o1", "hunyuan_video15", "hunyuan_video15_sr", "kandinsky5", "kandinsky5_image", "longcat_image",
     "ltxav", "qwen_image_edit_2511", "wan21_causal_ar", "wan21_scail", "wan22_wandancer", "zimage", "zimage_pixel",
 })
-
-
-def host_version(root) -> tuple:
-    """The started ComfyUI's version from its comfyui_version.py, as a tuple of ints."""
-    with open(os.path.join(root, "comfyui_version.py"), encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("__version__"):
-                return tuple(int(p) for p in line.split("=")[1].strip().strip("\"'").split("."))
-    raise ValueError(f"no __version__ in {root}/comfyui_version.py")
 
 
 def available() -> list:

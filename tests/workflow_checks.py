@@ -18,6 +18,8 @@ from tests.workflow_graph import (  # noqa: F401  (the tests read them as wc.<na
     DECODERS,
     SAMPLERS,
     SAVERS,
+    SUBGRAPH_INPUT,
+    SUBGRAPH_OUTPUT,
     TEMPLATE_KEYS,
     _links,
     _nodes,
@@ -42,6 +44,7 @@ from tests.workflow_models import (  # noqa: F401
     check_models,
 )
 from tests.workflow_notes import TEMPLATE_WORKFLOWS
+from tests.workflow_templates import all_nodes, scopes, subgraph_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS_DIR = os.path.join(ROOT, "workflows")
@@ -280,13 +283,10 @@ def load_core_nodes(host) -> None:
     asyncio.run(host.nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
 
 
-def host_version(host) -> str:
-    """The started ComfyUI's version (comfyui_version.py)."""
-    with open(os.path.join(host.root, "comfyui_version.py"), encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("__version__"):
-                return line.split("=", 1)[1].strip().strip("\"'")
-    raise ValueError(f"no __version__ in {host.root}/comfyui_version.py")
+def node_types(wf) -> set:
+    """The node types ``wf`` asks ComfyUI for: every node's, inside subgraphs too, without the subgraph
+    nodes themselves and the nodes only the frontend draws."""
+    return {n["type"] for n in all_nodes(wf)} - subgraph_ids(wf) - set(FRONTEND_TYPES)
 
 
 def host_specs(host) -> dict:
@@ -336,7 +336,7 @@ def check_structure(wf) -> list[str]:
         errors.append("duplicate link ids")
     if link_ids and max(link_ids) > wf["last_link_id"]:
         errors.append(f"link id {max(link_ids)} > last_link_id {wf['last_link_id']}")
-    subgraphs = {sub["id"] for sub in wf.get("definitions", {}).get("subgraphs", [])}
+    subgraphs = subgraph_ids(wf)
     orders = sorted(n.get("order", -1) for n in wf["nodes"])
     if orders != list(range(len(wf["nodes"]))):
         errors.append(f"node 'order' values are not 0..{len(wf['nodes']) - 1}")
@@ -396,8 +396,6 @@ def check_links(wf) -> list[str]:
 def check_scope_links(wf) -> list[str]:
     """In the root graph and every subgraph: each link's ends exist (a subgraph's input and output
     nodes included) and list it, and each linked input names a link into it."""
-    from tests.workflow_templates import SUBGRAPH_INPUT, SUBGRAPH_OUTPUT, scopes
-
     errors = []
     for scope in scopes(wf):
         links = scope.links()

@@ -18,6 +18,8 @@ def _nodes(wf):
 
 
 SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20  # a subgraph's input and output nodes in its links
+# a link's fields: the root graph saves a link as a list in this order, a subgraph as a dict of them
+LINK_FIELDS = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
 
 
 def flatten(wf):
@@ -204,8 +206,7 @@ def graph_summary(wf) -> dict:
             "outputs": [(o["name"], o["type"], sorted(o.get("links") or [])) for o in n.get("outputs", [])],
             "models": n.get("properties", {}).get("models"),
         }
-    links = [[link[k] for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")]
-             if isinstance(link, dict) else list(link) for link in wf["links"]]
+    links = [[link[k] for k in LINK_FIELDS] if isinstance(link, dict) else list(link) for link in wf["links"]]
     by_id = {str(n["id"]): n for n in wf["nodes"]}
 
     def input_name(node_id, slot):

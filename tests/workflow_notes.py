@@ -70,20 +70,12 @@ def min_comfyui(template_name: str) -> tuple[str, str]:
     return wt.PACK_MIN_COMFYUI, "this pack's minimum (the template asks for " + template_min + ")"
 
 
-def sampler_cfgs(wf) -> list:
-    """The cfg values the template's samplers and guiders are saved with (linked ones left out)."""
-    values = []
-    for node in wt.all_nodes(wf):
-        if node["type"] in wt.GUIDED and node["type"] != "BasicGuider":
-            names = [i["name"] for i in node.get("inputs", []) if "widget" in i]
-            widgets = [n for n in names]
-            if "cfg" in widgets and node.get("widgets_values"):
-                from tests.workflow_graph import widget
-                try:
-                    values.append(widget(node, "cfg"))
-                except (KeyError, IndexError):
-                    continue
-    return sorted(set(values))
+def needs_comfyui(file_name: str) -> tuple:
+    """The ComfyUI version a shipped workflow needs, as a tuple: its template's minimum (see
+    :func:`min_comfyui`), or this pack's for the pack's own workflows."""
+    if file_name not in TEMPLATE_WORKFLOWS:
+        return wt.version_tuple(wt.PACK_MIN_COMFYUI)
+    return wt.version_tuple(min_comfyui(TEMPLATE_WORKFLOWS[file_name][0])[0])
 
 
 def cost_paragraph(family: str, row_key, counts: str, table, remark: str = "") -> str:

@@ -8,12 +8,12 @@ venv and exports ``ASAG_TEMPLATES_DIR``; for a dev run::
         comfyui-workflow-templates-core==0.3.388 comfyui-workflow-templates-json==0.1.123
     export ASAG_TEMPLATES_DIR=DIR
 
-:func:`build` inserts one ASAG node on every link that feeds a sampler's or guider's ``model`` input
+:func:`insert_asag` puts one ASAG node on every link that feeds a sampler's or guider's ``model`` input
 (one node per distinct model output, so both Wan experts, both LTX stages and every subgraph get one),
-in the graph or subgraph that holds the sampler, and adds a MarkdownNote (:mod:`tests.workflow_notes`).
-:func:`strip_asag` takes them out again; the static tests compare what is left with the template, so a
-changed setting, file, prompt or mode fails. ``python -m tests.workflow_templates`` rewrites workflows/
-from the installed templates.
+in the graph or subgraph that holds the sampler; :func:`tests.workflow_notes.build` adds the MarkdownNote
+and lays the graph out. :func:`strip_asag` takes them out again; the static tests compare what is left
+with the template, so a changed setting, file, prompt or mode fails. ``python -m tests.workflow_notes``
+rewrites workflows/ from the installed templates.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from tests.workflow_graph import LINK_FIELDS, SUBGRAPH_INPUT, SUBGRAPH_OUTPUT  # noqa: E402, F401
+
 TEMPLATES_PACKAGE = "comfyui-workflow-templates"
 TEMPLATES_VERSION = "0.11.97"
 TEMPLATES_COMPANIONS = ("comfyui-workflow-templates-core==0.3.388", "comfyui-workflow-templates-json==0.1.123")
@@ -39,7 +41,6 @@ PACK_MIN_COMFYUI = "0.3.64"  # the oldest ComfyUI this pack supports
 
 # The nodes whose ``model`` input samples: ASAG goes on the link into each.
 GUIDED = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "CFGGuider", "BasicGuider", "DualCFGGuider")
-SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20
 ASAG_SIZE = (370, 58)  # wide enough for the node's current display name at the frontend's title font
 ASAG_SCALE = 1.5  # the paper's best (arXiv 2511.07499)
 NOTE_TITLE = "ASAG: read me"
@@ -102,14 +103,12 @@ class Scope:
     def links(self) -> dict:
         """id -> {id, origin_id, origin_slot, target_id, target_slot, type}."""
         if self.array_links:
-            return {link[0]: dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link,
-                                      strict=True)) for link in self.holder["links"]}
+            return {link[0]: dict(zip(LINK_FIELDS, link, strict=True)) for link in self.holder["links"]}
         return {link["id"]: link for link in self.holder["links"]}
 
     def add_link(self, link: dict):
         if self.array_links:
-            self.holder["links"].append([link[k] for k in ("id", "origin_id", "origin_slot", "target_id",
-                                                            "target_slot", "type")])
+            self.holder["links"].append([link[k] for k in LINK_FIELDS])
         else:
             self.holder["links"].append(dict(link))
 
@@ -242,9 +241,9 @@ def widen_for_titles(wf) -> None:
     """Every node (subgraphs included) at least as wide as its title needs: its own title, else its
     display name (this pack's from locales/en; the core nodes these templates use are no longer than
     their type)."""
-    names = display_names()
+    names, subgraphs = display_names(), subgraph_ids(wf)
     for node in all_nodes(wf):
-        if node["type"] in subgraph_ids(wf) or node["type"] in ("Note", "MarkdownNote", "Reroute"):
+        if node["type"] in subgraphs or node["type"] in ("Note", "MarkdownNote", "Reroute"):
             continue
         text = node.get("title") or names.get(node["type"], node["type"])
         need = round(title_width(text) + 2 * TITLE_HEIGHT + 8)
@@ -317,7 +316,7 @@ def _renumber_order(wf):
 
 def strip_asag(wf: dict) -> dict:
     """``wf`` with every ASAG node and this pack's Note taken out, each ASAG's input linked straight to
-    the nodes it fed (the inverse of :func:`build`)."""
+    the nodes it fed (the inverse of :func:`tests.workflow_notes.build`)."""
     wf = copy.deepcopy(wf)
     for scope in scopes(wf):
         links = scope.links()
